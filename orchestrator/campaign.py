@@ -1,0 +1,317 @@
+"""Campaign files: the pydantic models a campaign YAML is validated into, and the loader.
+
+A campaign names the knobs of a synthesis (``parameters``), what the characterization measures
+(``outcomes``), what to optimize (``objectives``), the ``budget``, a ``seed`` and the backend it runs
+against (``simulator`` now; ``instruments`` arrives with the instrument layer). Every model is frozen
+and forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import CampaignFileError
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CAMPAIGN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Far beyond any physical knob, small enough that (high - low) stays finite and well conditioned.
+MAX_ABS_BOUND = 1e12
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContinuousParameter(_Strict):
+    """A real-valued knob within ``[low, high]`` (e.g. ``anneal_temp_c``)."""
+
+    type: Literal["continuous"] = "continuous"
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Identifier used in procedures and outputs.")]
+    low: float
+    high: float
+    unit: str | None = Field(None, description="Unit of the value, e.g. degC, min, mol/L.")
+    log_scale: bool = Field(False, description="Search in log space (for knobs spanning decades).")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ContinuousParameter":
+        _check_bound_pair(self.low, self.high)
+        if self.log_scale and self.low <= 0:
+            raise ValueError(f"log_scale needs low > 0, got low={self.low}; set log_scale: false or raise low")
+        return self
+
+
+class IntegerParameter(_Strict):
+    """A whole-number knob within ``[low, high]`` inclusive (e.g. number of spin-coating layers)."""
+
+    type: Literal["integer"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    low: int
+    high: int
+    unit: str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "IntegerParameter":
+        _check_bound_pair(self.low, self.high)
+        return self
+
+
+class CategoricalParameter(_Strict):
+    """A choice among named options (e.g. the antisolvent)."""
+
+    type: Literal["categorical"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    choices: Annotated[list[str], Field(min_length=2)]
+    description: str = ""
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, choices: list[str]) -> list[str]:
+        dupes = sorted({c for c in choices if choices.count(c) > 1})
+        if dupes:
+            raise ValueError(f"choices must be unique; repeated: {', '.join(dupes)}")
+        return choices
+
+
+Parameter = Annotated[
+    Union[ContinuousParameter, IntegerParameter, CategoricalParameter], Field(discriminator="type")
+]
+
+
+def _check_bound_pair(low: float, high: float) -> None:
+    for label, value in (("low", low), ("high", high)):
+        if not math.isfinite(value) or abs(value) > MAX_ABS_BOUND:
+            raise ValueError(f"{label}={value} is not a usable bound; use a finite number within ±{MAX_ABS_BOUND:g}")
+    if not low < high:
+        raise ValueError(f"low ({low}) must be below high ({high}); swap them or widen the range")
+
+
+class Outcome(_Strict):
+    """A number the characterization measures for every successful experiment."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    unit: str | None = None
+    description: str = ""
+
+
+class Objective(_Strict):
+    """What to do with one outcome: maximize it, minimize it, or bring it to ``target`` (± ``tolerance``).
+
+    With several objectives the loop maximizes ``sum(weight * score / scale)``, where score is the
+    outcome (maximize), its negative (minimize) or ``-|outcome - target|`` (target; scale = tolerance).
+    """
+
+    outcome: str
+    goal: Literal["maximize", "minimize", "target"]
+    target: float | None = None
+    tolerance: Annotated[float | None, Field(gt=0)] = None
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    scale: Annotated[float | None, Field(gt=0, description="Typical spread of the outcome, for weighting.")] = None
+
+    @model_validator(mode="after")
+    def _target_fields(self) -> "Objective":
+        if self.goal == "target":
+            if self.target is None or self.tolerance is None:
+                raise ValueError("goal 'target' needs both 'target' and 'tolerance' (e.g. target: 1.68, tolerance: 0.02)")
+            if not math.isfinite(self.target):
+                raise ValueError("target must be a finite number")
+        elif self.target is not None or self.tolerance is not None:
+            raise ValueError(f"'target' and 'tolerance' apply only to goal 'target', not '{self.goal}'")
+        return self
+
+
+class Budget(_Strict):
+    """How many experiments the campaign may use and how they are grouped."""
+
+    max_experiments: Annotated[int, Field(ge=1, le=100_000)]
+    batch_size: Annotated[int, Field(ge=1, le=64)] = 1
+    initial_experiments: Annotated[
+        int | None, Field(ge=1, description="Size of the Sobol design before the GP takes over (default: 2*d, at least 4).")
+    ] = None
+
+
+class SimulatorSpec(_Strict):
+    """The simulated lab: a built-in model, a ``package.module:function`` of the user's, or a recorded dataset."""
+
+    model: str | None = Field(
+        None, description="Built-in model name (e.g. perovskite_film) or 'package.module:function' returning a simulator."
+    )
+    dataset: str | None = Field(None, description="A dataset under simulators/data (e.g. suzuki) or a folder path.")
+    mode: Literal["auto", "emulator", "lookup"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options passed to the model.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SimulatorSpec":
+        if (self.model is None) == (self.dataset is None):
+            raise ValueError("give exactly one of 'model' (e.g. model: perovskite_film) or 'dataset' (e.g. dataset: suzuki)")
+        if self.model is not None and ":" in self.model:
+            module, _, func = self.model.partition(":")
+            if not re.fullmatch(r"[A-Za-z_][\w.]*", module) or not re.fullmatch(r"[A-Za-z_]\w*", func):
+                raise ValueError(f"model '{self.model}' is not of the form 'package.module:function'")
+        return self
+
+
+class OptimizerSettings(_Strict):
+    """Knobs of the proposer; the defaults suit campaigns of up to a few hundred experiments."""
+
+    acquisition: Literal["qLogNEI", "qLogEI"] = "qLogNEI"
+    num_restarts: Annotated[int, Field(ge=1, le=64)] = 6
+    raw_samples: Annotated[int, Field(ge=16, le=8192)] = 256
+    mc_samples: Annotated[int, Field(ge=16, le=4096)] = 128
+
+
+class Campaign(_Strict):
+    """A whole campaign file."""
+
+    name: Annotated[str, Field(pattern=CAMPAIGN_NAME_PATTERN, max_length=100)]
+    description: str = ""
+    parameters: Annotated[list[Parameter], Field(min_length=1, max_length=100)]
+    outcomes: Annotated[list[Outcome], Field(min_length=1, max_length=50)]
+    objectives: Annotated[list[Objective], Field(min_length=1)]
+    budget: Budget
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    optimizer: OptimizerSettings = OptimizerSettings()
+    simulator: SimulatorSpec | None = None
+    instruments: dict[str, Any] | None = Field(
+        None, description="Instrument bindings; reserved for the instrument layer (not yet supported)."
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Campaign":
+        problems = campaign_problems(self)
+        if problems:
+            raise CrossFieldError(problems)
+        return self
+
+    @property
+    def initial_experiments(self) -> int:
+        """Size of the Sobol design: the budget's value, or 2 per parameter (at least 4), within the budget."""
+        n = self.budget.initial_experiments or max(4, 2 * len(self.parameters))
+        return min(n, self.budget.max_experiments)
+
+    def space_fingerprint(self) -> str:
+        """A hash of what makes recorded experiments comparable: parameters and outcomes."""
+        payload = json.dumps(
+            {"parameters": [p.model_dump() for p in self.parameters], "outcomes": [o.name for o in self.outcomes]},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class CrossFieldError(ValueError):
+    """Problems that involve several fields; each carries its own field path."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
+
+
+def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span fields (names, references, budget); returns (field path, message) pairs."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: dict[str, str] = {}
+    for i, p in enumerate(c.parameters):
+        if p.name in seen:
+            problems.append((("parameters", i, "name"), f"'{p.name}' is already used by {seen[p.name]}; names must be unique"))
+        seen.setdefault(p.name, f"parameters[{i}]")
+    for i, o in enumerate(c.outcomes):
+        if o.name in seen:
+            problems.append((("outcomes", i, "name"), f"'{o.name}' is already used by {seen[o.name]}; names must be unique"))
+        seen.setdefault(o.name, f"outcomes[{i}]")
+    outcome_names = [o.name for o in c.outcomes]
+    used: set[str] = set()
+    for i, obj in enumerate(c.objectives):
+        if obj.outcome not in outcome_names:
+            problems.append(
+                (("objectives", i, "outcome"), f"'{obj.outcome}' is not an outcome; choose one of: {', '.join(outcome_names)}")
+            )
+        elif obj.outcome in used:
+            problems.append((("objectives", i, "outcome"), f"'{obj.outcome}' already has an objective; give one per outcome"))
+        used.add(obj.outcome)
+    b = c.budget
+    if b.initial_experiments is not None and b.initial_experiments > b.max_experiments:
+        problems.append(
+            (("budget", "initial_experiments"), f"{b.initial_experiments} exceeds max_experiments ({b.max_experiments})")
+        )
+    if b.batch_size > b.max_experiments:
+        problems.append((("budget", "batch_size"), f"{b.batch_size} exceeds max_experiments ({b.max_experiments})"))
+    if c.simulator is None and c.instruments is None:
+        problems.append(((), "no backend: add a 'simulator:' section (e.g. simulator: {model: perovskite_film})"))
+    if c.instruments is not None:
+        problems.append(
+            (("instruments",), "instrument bindings are not supported yet in this version; use a 'simulator:' section")
+        )
+    return problems
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Reads and validates a campaign file.
+
+    Raises:
+        CampaignFileError: with one line per problem, each naming the field path and YAML line.
+    """
+    from orchestrator.yaml_source import YamlSource  # local: keeps this module about the models
+
+    path = Path(path)
+    source = YamlSource.read(path)
+    try:
+        return Campaign.model_validate(source.data)
+    except ValidationError as exc:
+        raise CampaignFileError(str(path), describe_validation_error(exc, source)) from None
+
+
+def describe_validation_error(exc: ValidationError, source: Any) -> list[str]:
+    """Turns a pydantic error into lines like ``line 12: objectives[0].outcome: 'x' is not an outcome …``."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, CrossFieldError):
+            for sub_loc, msg in inner.problems:
+                full = loc + sub_loc
+                lines.append(f"{source.where(full)}{_dotted(full)}: {msg}")
+            continue
+        lines.append(f"{source.where(loc)}{_dotted(loc)}: {_friendly(err)}")
+    return lines
+
+
+_UNION_TAGS = {"continuous", "integer", "categorical"}
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling (see `orchestrator schema`)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag")
+        return f"unknown parameter type {tag!r}; use continuous, integer or categorical"
+    if kind == "union_tag_not_found":
+        return "parameter needs 'type': continuous, integer or categorical"
+    if kind == "string_pattern_mismatch":
+        return f"{err.get('input')!r} is not a valid name; use letters, digits and underscores, not starting with a digit"
+    return msg.removeprefix("Value error, ")
+
+
+def campaign_json_schema() -> dict[str, Any]:
+    """The JSON Schema of campaign files, for editor completion."""
+    schema = Campaign.model_json_schema()
+    schema["title"] = "Campaign"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,193 @@
+"""The ``orchestrator`` command line: run, validate, schema, status, export.
+
+A user's mistake (a bad campaign file, a ledger of another campaign) prints one line per problem and
+exits with code 2; it never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from orchestrator.campaign import Campaign, campaign_json_schema, load_campaign
+from orchestrator.errors import CampaignFileError, UserInputError
+
+app = typer.Typer(
+    name="orchestrator",
+    help="Closed-loop autonomous experiment orchestrator for materials labs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+CampaignFile = Annotated[Path, typer.Argument(help="Campaign YAML file.", show_default=False)]
+ResultsDir = Annotated[
+    Path, typer.Option("--results-dir", "-r", help="Folder holding one ledger per campaign.", envvar="ORCHESTRATOR_RESULTS")
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turns the project's user-facing errors into a message on stderr and exit code 2."""
+    try:
+        yield
+    except CampaignFileError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.path}: {len(exc.problems)} problem(s)", highlight=False)
+        for problem in exc.problems:
+            err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except UserInputError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _load(path: Path) -> Campaign:
+    with user_errors():
+        return load_campaign(path)
+
+
+def configure_prefect(results_dir: Path) -> None:
+    """Keeps Prefect local and quiet; must run before prefect is imported.
+
+    With no ``PREFECT_API_URL`` set, Prefect starts its embedded API on a SQLite file under
+    ``results_dir/.prefect``; with one set, runs report to that server.
+    """
+    home = (results_dir / ".prefect").resolve()
+    defaults = {
+        "PREFECT_HOME": str(home),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    home.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def run(
+    campaign_file: CampaignFile,
+    results_dir: ResultsDir = Path("results"),
+    simulate: Annotated[bool, typer.Option("--simulate", help="Run against simulated instruments.")] = False,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Run (or resume) a campaign until its budget is used, then print a summary."""
+    campaign = _load(campaign_file)
+    from orchestrator.ledger import Ledger
+    from orchestrator.loop import CampaignRunner, run_loop
+    from orchestrator.report import ProgressPrinter, summary_table
+    from orchestrator.simulation import build_simulator
+
+    with user_errors():
+        simulator = build_simulator(campaign)
+        with Ledger.for_campaign(campaign, results_dir) as ledger:
+            counts = ledger.counts()
+    done = counts["completed"] + counts["failed"]
+    verb = "resuming" if sum(counts.values()) else "starting"
+    console.print(
+        f"[bold]{verb}[/] campaign [cyan]{campaign.name}[/]: {done} of {campaign.budget.max_experiments} experiments done; "
+        f"ledger {results_dir / campaign.name / 'ledger.sqlite'}",
+        highlight=False,
+    )
+    if prefect:
+        configure_prefect(results_dir)
+        from orchestrator.flows import run_campaign_flow
+
+        with user_errors():
+            run_campaign_flow(campaign_file, results_dir, progress=not quiet)
+    else:
+        with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
+            runner = CampaignRunner(campaign, ledger, simulator, None if quiet else ProgressPrinter(console))
+            run_loop(runner)
+    with Ledger.for_campaign(campaign, results_dir) as ledger:
+        console.print(summary_table(CampaignRunner(campaign, ledger, simulator)))
+
+
+@app.command()
+def validate(campaign_file: CampaignFile) -> None:
+    """Check a campaign file and its simulator; exit 2 with one line per problem if it is wrong."""
+    campaign = _load(campaign_file)
+    from orchestrator.simulation import build_simulator
+
+    with user_errors():
+        build_simulator(campaign)
+    n = len(campaign.parameters)
+    console.print(
+        f"[green]ok[/] {campaign_file}: campaign '{campaign.name}', {n} parameter(s), "
+        f"{len(campaign.outcomes)} outcome(s), {len(campaign.objectives)} objective(s), "
+        f"budget {campaign.budget.max_experiments} (batches of {campaign.budget.batch_size}, "
+        f"{campaign.initial_experiments} initial)",
+        highlight=False,
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of campaign files (for editor completion)."""
+    sys.stdout.write(json.dumps(campaign_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def status(
+    campaign_file: CampaignFile,
+    results_dir: ResultsDir = Path("results"),
+    last: Annotated[Optional[int], typer.Option(help="Show only the last N experiments.")] = None,
+) -> None:
+    """Print the campaign's experiments from its ledger, and the best so far."""
+    campaign = _load(campaign_file)
+    from orchestrator.ledger import Ledger
+    from orchestrator.loop import CampaignRunner
+    from orchestrator.report import ledger_table, summary_table
+
+    path = results_dir / campaign.name / "ledger.sqlite"
+    if not path.exists():
+        err_console.print(f"[bold red]error:[/] no ledger at {path}; run the campaign first, or pass --results-dir")
+        raise typer.Exit(2)
+    with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
+        console.print(ledger_table(ledger, [o.name for o in campaign.outcomes], limit=last))
+        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=lambda c, r: {})))
+
+
+@app.command()
+def export(
+    campaign_file: CampaignFile,
+    results_dir: ResultsDir = Path("results"),
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write a CSV file here.")] = None,
+    parquet: Annotated[Optional[Path], typer.Option("--parquet", help="Write a Parquet file here.")] = None,
+) -> None:
+    """Write the ledger's experiments as a table (one row per experiment, a column per parameter/outcome)."""
+    campaign = _load(campaign_file)
+    if csv is None and parquet is None:
+        err_console.print("[bold red]error:[/] say where to write: --csv FILE and/or --parquet FILE")
+        raise typer.Exit(2)
+    from orchestrator.export import ledger_frame
+    from orchestrator.ledger import Ledger
+
+    path = results_dir / campaign.name / "ledger.sqlite"
+    if not path.exists():
+        err_console.print(f"[bold red]error:[/] no ledger at {path}; run the campaign first, or pass --results-dir")
+        raise typer.Exit(2)
+    with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
+        frame = ledger_frame(ledger, campaign)
+    for target, writer in ((csv, frame.to_csv), (parquet, frame.to_parquet)):
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writer(target, index=False)
+            console.print(f"wrote {len(frame)} experiments to {target}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""Prefect at the edge: one flow per campaign run, tasks for refit, propose and each experiment.
+
+The tasks call ``CampaignRunner`` methods; the ledger stays the source of truth, so task results are
+not persisted or cached (a cached measurement would hand back the first result for a repeated,
+identical experiment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prefect import flow, get_run_logger, tags, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from rich.console import Console
+
+from orchestrator.campaign import load_campaign
+from orchestrator.ledger import Experiment, Ledger
+from orchestrator.loop import CampaignRunner, run_loop
+from orchestrator.proposer import Observations
+from orchestrator.report import ProgressPrinter
+from orchestrator.simulation import build_simulator
+from orchestrator.surrogates import Surrogate
+
+_TASK_OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="refit", **_TASK_OPTIONS)
+def refit_task(runner: CampaignRunner, obs: Observations) -> Surrogate | None:
+    """Ingests the ledger's observations and fits the outcome surrogates."""
+    return runner.refit(obs)
+
+
+@task(name="propose", **_TASK_OPTIONS)
+def propose_task(runner: CampaignRunner, obs: Observations, surrogate: Surrogate | None, count: int) -> list[Experiment]:
+    return runner.propose(obs, surrogate, count)
+
+
+@task(name="run-experiment", task_run_name="experiment-{exp_id}", **_TASK_OPTIONS)
+def run_experiment_task(runner: CampaignRunner, exp_id: int) -> Experiment:
+    return runner.run_experiment(exp_id)
+
+
+def _prefect_map(runner: CampaignRunner) -> Callable[[Callable[[int], Experiment], Sequence[int]], list[Experiment]]:
+    def map_fn(_fn: Callable[[int], Experiment], ids: Sequence[int]) -> list[Experiment]:
+        futures = [run_experiment_task.submit(runner, i) for i in ids]
+        return [f.result() for f in futures]
+
+    return map_fn
+
+
+@flow(name="campaign", flow_run_name="{campaign_name}", persist_result=False, log_prints=False)
+def campaign_flow(campaign_name: str, campaign_path: str, results_dir: str, progress: bool = True) -> dict[str, int]:
+    """Runs (or resumes) a campaign until its budget is used; returns the ledger's state counts.
+
+    Args:
+        campaign_name: shown as the flow run's name (must match the file's ``name``).
+        campaign_path: the campaign YAML file.
+        results_dir: folder holding ``<campaign name>/ledger.sqlite``.
+        progress: print a line per finished experiment.
+    """
+    logger = get_run_logger()
+    campaign = load_campaign(campaign_path)
+    with Ledger.for_campaign(campaign, results_dir) as ledger:
+        listener = ProgressPrinter(Console()) if progress else None
+        runner = CampaignRunner(campaign, ledger, build_simulator(campaign), on_event=listener)
+        logger.info("campaign %s: %s", campaign.name, ledger.counts())
+        run_loop(
+            runner,
+            map_experiments=_prefect_map(runner),
+            refit=lambda obs: refit_task(runner, obs),
+            propose_step=lambda obs, s, n: propose_task(runner, obs, s, n),
+        )
+        counts = ledger.counts()
+        logger.info("campaign %s finished: %s", campaign.name, counts)
+        return counts
+
+
+def run_campaign_flow(campaign_path: str | Path, results_dir: str | Path, progress: bool = True) -> dict[str, int]:
+    """Runs ``campaign_flow`` tagged with the campaign's name, with one worker thread per batch slot."""
+    campaign = load_campaign(campaign_path)
+    configured = campaign_flow.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=max(1, campaign.budget.batch_size))
+    )
+    with tags("orchestrator", f"campaign:{campaign.name}"):
+        return configured(campaign.name, str(campaign_path), str(results_dir), progress)

@@ -1,0 +1,248 @@
+"""The ledger: the durable record of a campaign, one SQLite file per campaign.
+
+Every state change is its own committed transaction (WAL journal, ``synchronous=FULL``) before the
+loop takes its next action, so a crash loses nothing that was measured. Experiments move
+``proposed → running → completed | failed`` (``proposed → failed`` when refused before starting);
+every change is also appended to ``events``. The ledger, not Prefect, is the source of truth: a
+resumed run reads it to know where it stands.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from orchestrator.campaign import Campaign
+from orchestrator.errors import CampaignMismatchError, LedgerError
+
+SCHEMA_VERSION = 1
+STATES = ("proposed", "running", "completed", "failed")
+_ALLOWED = {
+    "proposed": {"running", "failed"},
+    "running": {"completed", "failed"},
+    "completed": set(),
+    "failed": set(),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    batch INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('proposed', 'running', 'completed', 'failed')),
+    conditions TEXT NOT NULL,
+    outcomes TEXT,
+    error TEXT,
+    generator TEXT NOT NULL,
+    proposal_info TEXT NOT NULL DEFAULT '{}',
+    proposed_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    at TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    detail TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the ledger."""
+
+    id: int
+    batch: int
+    state: str
+    conditions: dict[str, Any]
+    outcomes: dict[str, float] | None
+    error: str | None
+    generator: str
+    proposal_info: dict[str, Any]
+    proposed_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """A campaign's SQLite ledger. Thread-safe: experiment tasks of a batch write concurrently."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._tx():
+                for statement in _split(_SCHEMA):
+                    self._db.execute(statement)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger ({exc}); is it a campaign ledger file?") from None
+
+    @classmethod
+    def for_campaign(cls, campaign: Campaign, results_dir: str | Path) -> "Ledger":
+        """Opens (or creates) ``results_dir/<campaign name>/ledger.sqlite`` and binds it to the campaign.
+
+        Raises:
+            CampaignMismatchError: the ledger holds a campaign with other parameters or outcomes.
+        """
+        ledger = cls(Path(results_dir) / campaign.name / "ledger.sqlite")
+        ledger.bind(campaign)
+        return ledger
+
+    def bind(self, campaign: Campaign) -> None:
+        """Records the campaign on first use; afterwards checks the search space still matches."""
+        meta = self.meta()
+        fingerprint = campaign.space_fingerprint()
+        if "space_fingerprint" in meta and meta["space_fingerprint"] != fingerprint:
+            raise CampaignMismatchError(
+                f"{self.path}: this ledger belongs to campaign '{meta.get('campaign_name')}' with different parameters "
+                "or outcomes; give the changed campaign a new name, or use another --results-dir"
+            )
+        with self._tx():
+            for key, value in {
+                "schema_version": str(SCHEMA_VERSION),
+                "campaign_name": campaign.name,
+                "space_fingerprint": fingerprint,
+                "campaign": campaign.model_dump_json(),
+            }.items():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return {r["key"]: r["value"] for r in self._db.execute("SELECT key, value FROM meta")}
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add_proposed(
+        self, conditions: Sequence[Mapping[str, Any]], generator: str, info: Mapping[str, Any] | None = None
+    ) -> list[Experiment]:
+        """Records a batch of proposals atomically; returns them with their new ids."""
+        at = _now()
+        with self._tx():
+            batch = self._db.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM experiments").fetchone()[0]
+            ids = []
+            for cond in conditions:
+                cur = self._db.execute(
+                    "INSERT INTO experiments (batch, state, conditions, generator, proposal_info, proposed_at) "
+                    "VALUES (?, 'proposed', ?, ?, ?, ?)",
+                    (batch, json.dumps(dict(cond)), generator, json.dumps(dict(info or {})), at),
+                )
+                ids.append(cur.lastrowid)
+                self._event(cur.lastrowid, at, None, "proposed", None)
+        return [self.get(i) for i in ids]
+
+    def mark_running(self, exp_id: int) -> Experiment:
+        return self._transition(exp_id, "running", started_at=_now())
+
+    def mark_completed(self, exp_id: int, outcomes: Mapping[str, float]) -> Experiment:
+        return self._transition(exp_id, "completed", outcomes=json.dumps(dict(outcomes)), finished_at=_now())
+
+    def mark_failed(self, exp_id: int, reason: str) -> Experiment:
+        return self._transition(exp_id, "failed", error=reason, finished_at=_now())
+
+    def _transition(self, exp_id: int, to_state: str, **columns: Any) -> Experiment:
+        with self._tx():
+            row = self._db.execute("SELECT state FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no experiment {exp_id} in {self.path}")
+            if to_state not in _ALLOWED[row["state"]]:
+                raise LedgerError(f"experiment {exp_id} is {row['state']}; it cannot become {to_state}")
+            sets = ", ".join(f"{k} = ?" for k in ["state", *columns])
+            self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", (to_state, *columns.values(), exp_id))
+            detail = columns.get("error") or columns.get("outcomes")
+            self._event(exp_id, _now(), row["state"], to_state, detail)
+        return self.get(exp_id)
+
+    def _event(self, exp_id: int, at: str, from_state: str | None, to_state: str, detail: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO events (experiment_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
+            (exp_id, at, from_state, to_state, detail),
+        )
+
+    def get(self, exp_id: int) -> Experiment:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no experiment {exp_id} in {self.path}")
+        return _experiment(row)
+
+    def experiments(self, states: Sequence[str] | None = None) -> list[Experiment]:
+        """All experiments in id order, optionally only those in ``states``."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+        exps = [_experiment(r) for r in rows]
+        return [e for e in exps if states is None or e.state in states]
+
+    def events(self, exp_id: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            if exp_id is None:
+                rows = self._db.execute("SELECT * FROM events ORDER BY seq").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM events WHERE experiment_id = ? ORDER BY seq", (exp_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM experiments GROUP BY state").fetchall()
+        out = dict.fromkeys(STATES, 0)
+        out.update({r["state"]: r["n"] for r in rows})
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _experiment(row: sqlite3.Row) -> Experiment:
+    return Experiment(
+        id=row["id"],
+        batch=row["batch"],
+        state=row["state"],
+        conditions=json.loads(row["conditions"]),
+        outcomes=json.loads(row["outcomes"]) if row["outcomes"] else None,
+        error=row["error"],
+        generator=row["generator"],
+        proposal_info=json.loads(row["proposal_info"]),
+        proposed_at=row["proposed_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

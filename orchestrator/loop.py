@@ -1,0 +1,196 @@
+"""The closed loop as plain functions: read the ledger → refit → propose → run experiments → record.
+
+``flows.py`` wraps these steps in Prefect tasks; benchmarks and tests call them directly. Each step
+commits to the ledger before the next begins, so ``run_loop`` on a half-finished ledger resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.campaign import Campaign
+from orchestrator.errors import ExperimentFailed
+from orchestrator.ledger import Experiment, Ledger
+from orchestrator.objectives import ScalarObjective
+from orchestrator.proposer import Observations, Proposal, propose
+from orchestrator.simulation import SimulatorFn
+from orchestrator.space import DTYPE, SearchSpace
+from orchestrator.surrogates import Surrogate, fit_surrogate
+
+log = logging.getLogger(__name__)
+
+EventListener = Callable[[str, Experiment, "CampaignRunner"], None]
+MapFn = Callable[[Callable[[int], Experiment], Sequence[int]], list[Experiment]]
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best completed experiment so far and its objective score."""
+
+    experiment: Experiment
+    score: float
+
+
+class CampaignRunner:
+    """One campaign's steps, bound to its ledger and simulated lab."""
+
+    def __init__(
+        self, campaign: Campaign, ledger: Ledger, simulator: SimulatorFn, on_event: EventListener | None = None
+    ):
+        self.campaign = campaign
+        self.ledger = ledger
+        self.simulator = simulator
+        self.on_event = on_event
+        self.space = SearchSpace(tuple(campaign.parameters))
+        self.outcome_names = [o.name for o in campaign.outcomes]
+
+    # --- reading the ledger -------------------------------------------------------------------
+    def observations(self) -> Observations:
+        """The ledger's experiments as tensors (completed, failed, and pending = proposed or running)."""
+        by_state: dict[str, list[Experiment]] = {"completed": [], "failed": [], "pending": []}
+        for e in self.ledger.experiments():
+            by_state["pending" if e.state in ("proposed", "running") else e.state].append(e)
+        done = by_state["completed"]
+        Y = torch.tensor([[e.outcomes[n] for n in self.outcome_names] for e in done], dtype=DTYPE)
+        return Observations(
+            X=self.space.encode([e.conditions for e in done]),
+            Y=Y.reshape(len(done), len(self.outcome_names)),
+            X_failed=self.space.encode([e.conditions for e in by_state["failed"]]),
+            X_pending=self.space.encode([e.conditions for e in by_state["pending"]]),
+        )
+
+    def remaining_budget(self) -> int:
+        return max(0, self.campaign.budget.max_experiments - sum(self.ledger.counts().values()))
+
+    def unfinished(self) -> list[int]:
+        """Experiments proposed or running but not finished, e.g. left by a crash."""
+        return [e.id for e in self.ledger.experiments(["proposed", "running"])]
+
+    def in_model_phase(self, obs: Observations) -> bool:
+        return obs.n_seen >= self.campaign.initial_experiments and obs.X.shape[0] >= 2
+
+    def objective(self, Y: torch.Tensor | None = None) -> ScalarObjective:
+        return ScalarObjective.from_campaign(self.campaign, Y)
+
+    def best(self) -> Best | None:
+        done = self.ledger.experiments(["completed"])
+        if not done:
+            return None
+        Y = torch.tensor([[e.outcomes[n] for n in self.outcome_names] for e in done], dtype=DTYPE)
+        scores = self.objective(Y)(Y)
+        i = int(torch.argmax(scores))
+        return Best(done[i], float(scores[i]))
+
+    # --- the steps ------------------------------------------------------------------------------
+    def refit(self, obs: Observations) -> Surrogate | None:
+        """Fits the surrogates, or returns ``None`` while the Sobol design is still running."""
+        if not self.in_model_phase(obs):
+            return None
+        with torch.random.fork_rng():
+            torch.manual_seed(self.campaign.seed + obs.n_seen)
+            return fit_surrogate(self.space, obs)
+
+    def propose(self, obs: Observations, surrogate: Surrogate | None, count: int) -> list[Experiment]:
+        """Proposes ``count`` experiments and records them as ``proposed``."""
+        proposal: Proposal = propose(
+            self.space,
+            obs,
+            self.objective(obs.Y),
+            q=count,
+            seed=self.campaign.seed,
+            n_initial=self.campaign.initial_experiments,
+            settings=self.campaign.optimizer,
+            surrogate=surrogate,
+        )
+        experiments = self.ledger.add_proposed(self.space.decode(proposal.X), proposal.generator, proposal.info)
+        for e in experiments:
+            self._emit("proposed", e)
+        return experiments
+
+    def run_experiment(self, exp_id: int) -> Experiment:
+        """Runs one experiment on the simulated lab and records the result.
+
+        A ``running`` experiment found after a crash is run again: a simulator is pure (the same
+        conditions and per-experiment seed give the same result), so nothing is done twice in effect.
+        """
+        exp = self.ledger.get(exp_id)
+        if exp.state in ("completed", "failed"):
+            return exp
+        if exp.state == "proposed":
+            exp = self.ledger.mark_running(exp_id)
+            self._emit("running", exp)
+        rng = np.random.default_rng([self.campaign.seed, exp_id])
+        try:
+            outcomes = self._checked(self.simulator(exp.conditions, rng))
+        except ExperimentFailed as exc:
+            exp = self.ledger.mark_failed(exp_id, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - a failing experiment must not stop the campaign
+            log.warning("experiment %s raised %s: %s", exp_id, type(exc).__name__, exc)
+            exp = self.ledger.mark_failed(exp_id, f"{type(exc).__name__}: {exc}")
+        else:
+            exp = self.ledger.mark_completed(exp_id, outcomes)
+        self._emit(exp.state, exp)
+        return exp
+
+    def _checked(self, outcomes: Any) -> dict[str, float]:
+        if not isinstance(outcomes, Mapping):
+            raise ExperimentFailed(f"simulator returned {type(outcomes).__name__}, not a mapping of outcomes")
+        clean = {}
+        for name in self.outcome_names:
+            value = outcomes.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise ExperimentFailed(f"no numeric value for outcome '{name}' (got {value!r})")
+            if not math.isfinite(float(value)):
+                raise ExperimentFailed(f"outcome '{name}' is {value}")
+            clean[name] = float(value)
+        return clean
+
+    def _emit(self, kind: str, exp: Experiment) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, exp, self)
+
+
+def threaded_map(max_workers: int) -> MapFn:
+    """Runs a batch's experiments concurrently in threads (instruments work in parallel)."""
+
+    def map_fn(fn: Callable[[int], Experiment], ids: Sequence[int]) -> list[Experiment]:
+        if len(ids) <= 1 or max_workers <= 1:
+            return [fn(i) for i in ids]
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(ids))) as pool:
+            return list(pool.map(fn, ids))
+
+    return map_fn
+
+
+def run_loop(
+    runner: CampaignRunner,
+    *,
+    map_experiments: MapFn | None = None,
+    refit: Callable[[Observations], Surrogate | None] | None = None,
+    propose_step: Callable[[Observations, Surrogate | None, int], list[Experiment]] | None = None,
+) -> None:
+    """Runs the campaign until its budget is used, resuming whatever the ledger left unfinished.
+
+    The step callables default to the runner's own methods; ``flows.py`` passes Prefect tasks instead.
+    """
+    map_experiments = map_experiments or threaded_map(runner.campaign.budget.batch_size)
+    refit = refit or runner.refit
+    propose_step = propose_step or runner.propose
+    while True:
+        todo = runner.unfinished()
+        if not todo:
+            count = min(runner.campaign.budget.batch_size, runner.remaining_budget())
+            if count == 0:
+                return
+            obs = runner.observations()
+            surrogate = refit(obs)
+            todo = [e.id for e in propose_step(obs, surrogate, count)]
+        map_experiments(runner.run_experiment, todo)

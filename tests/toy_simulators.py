@@ -1,0 +1,28 @@
+"""User-style simulators named from campaign files as ``tests.toy_simulators:function``."""
+
+from __future__ import annotations
+
+import math
+
+from orchestrator.errors import ExperimentFailed
+
+SOLVENT_GAIN = {"dmf": 1.0, "dmso": 1.3, "gbl": 0.7}
+
+
+def toy_yield(conditions, rng, noise: float = 0.5):
+    """Yield peaks at 85 degC, 3 layers, DMSO; a little noise; fails below 25 degC."""
+    t, n, s = conditions["temp_c"], conditions["layers"], conditions["solvent"]
+    if t < 25.0:
+        raise ExperimentFailed("precursor did not dissolve below 25 degC")
+    value = 60.0 * SOLVENT_GAIN[s] * math.exp(-(((t - 85.0) / 25.0) ** 2)) * (1.0 - 0.1 * (n - 3) ** 2)
+    return {"yield_pct": value + noise * float(rng.normal())}
+
+
+def branin_like(conditions, rng):
+    """A smooth 2-D function for continuous-only tests (maximum 0 at x=0.3, y=0.7)."""
+    x, y = conditions["x"], conditions["y"]
+    return {"score": -((x - 0.3) ** 2) - (y - 0.7) ** 2 + 0.001 * float(rng.normal())}
+
+
+def not_a_mapping(conditions, rng):
+    return 42.0
