@@ -20,10 +20,10 @@ from orchestrator.campaign import Campaign
 from orchestrator.errors import ExperimentFailed
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.objectives import ScalarObjective
-from orchestrator.proposer import Observations, Proposal, propose
+from orchestrator.proposer import Observations, Proposal, fit_for_objective, propose
 from orchestrator.simulation import SimulatorFn
 from orchestrator.space import DTYPE, SearchSpace
-from orchestrator.surrogates import Surrogate, fit_surrogate
+from orchestrator.surrogates import Surrogate
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class CampaignRunner:
             return None
         with torch.random.fork_rng():
             torch.manual_seed(self.campaign.seed + obs.n_seen)
-            return fit_surrogate(self.space, obs)
+            return fit_for_objective(self.space, obs, self.objective(obs.Y))
 
     def propose(self, obs: Observations, surrogate: Surrogate | None, count: int) -> list[Experiment]:
         """Proposes ``count`` experiments and records them as ``proposed``."""

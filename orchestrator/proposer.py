@@ -9,6 +9,7 @@ so the search keeps away from where films do not form.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ def propose(
     if obs.n_seen < n_initial or obs.X.shape[0] < 2:
         return Proposal(sobol_points(space, seed, start=obs.n_seen, count=q), "sobol")
     step_seed = (seed * 1_000_003 + obs.n_seen) % (2**31)
+    obs, objective = modelled_view(obs, objective)
     with torch.random.fork_rng():
         torch.manual_seed(step_seed)
         if surrogate is None:
@@ -100,6 +102,21 @@ def propose(
         X = _optimize(space, obs, acqf, q, settings)
     info = {"fit_s": surrogate.fit_s, "acq_s": time.perf_counter() - t0, "n_train": int(obs.X.shape[0])}
     return Proposal(X.detach(), f"gp:{settings.acquisition}", info)
+
+
+def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observations, ScalarObjective]:
+    """Keeps only the outcomes some objective uses (``n x m'``), and re-indexes the objective to match.
+
+    Outcomes no objective mentions are still recorded in the ledger; fitting them would only cost time.
+    """
+    cols = sorted(set(objective.columns))
+    reindexed = dataclasses.replace(objective, columns=tuple(cols.index(k) for k in objective.columns))
+    return dataclasses.replace(obs, Y=obs.Y[:, cols]), reindexed
+
+
+def fit_for_objective(space: SearchSpace, obs: Observations, objective: ScalarObjective) -> Surrogate:
+    """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``)."""
+    return fit_surrogate(space, modelled_view(obs, objective)[0])
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:
@@ -163,6 +180,9 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
             q=q,
             raw_samples=settings.raw_samples,
             num_restarts=settings.num_restarts,
+            # 16 alternating rounds instead of botorch's 64: the acquisition value stops improving after a
+            # handful, and each round costs hundreds of posterior evaluations.
+            options={"maxiter_alternating": 16},
         )
         return X
     X, _ = optimize_acqf(

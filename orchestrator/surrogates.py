@@ -9,12 +9,19 @@ from dataclasses import dataclass
 import torch
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.fit import fit_gpytorch_mll
-from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
+from botorch.models import ModelListGP, SingleTaskGP
+from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from orchestrator.space import SearchSpace
+
+# L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
+# lets the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
+FIT_MAXITER = 200
 
 
 @dataclass(frozen=True)
@@ -47,17 +54,30 @@ def fit_surrogate(space: SearchSpace, obs) -> Surrogate:
     return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0)
 
 
-def _gp(space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True):
+def _gp(space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True) -> SingleTaskGP:
     bounds = space.bounds()
     ordinal = space.cont_dims + space.int_dims
     # Categorical columns hold indices; the categorical kernel only compares them, so they stay raw.
     normalize = Normalize(d=space.dim, bounds=bounds, indices=ordinal) if ordinal else None
     transform = Standardize(m=1) if standardize else None
-    if space.cat_dims:
-        kwargs = {"outcome_transform": transform} if transform is not None else {"outcome_transform": None}
-        return MixedSingleTaskGP(X, y, cat_dims=space.cat_dims, input_transform=normalize, **kwargs)
-    kwargs = {"outcome_transform": transform} if transform is not None else {"outcome_transform": None}
-    return SingleTaskGP(X, y, input_transform=normalize, **kwargs)
+    return SingleTaskGP(X, y, covar_module=_kernel(space), input_transform=normalize, outcome_transform=transform)
+
+
+def _kernel(space: SearchSpace) -> Kernel | None:
+    """RBF (ARD) over ordinal columns times a categorical kernel over the categorical ones.
+
+    Equivalent in what it can express to the product half of ``MixedSingleTaskGP``'s kernel; dropping
+    its additive half makes a fit about 3x and a posterior about 2x faster (measured at 20-100 points,
+    6 columns), which matters in the acquisition optimizer's inner loop.
+    """
+    if not space.cat_dims:
+        return None  # botorch's default: RBF with dimension-scaled lengthscale prior
+    ordinal = space.cont_dims + space.int_dims
+    cat = CategoricalKernel(ard_num_dims=len(space.cat_dims), active_dims=space.cat_dims)
+    if not ordinal:
+        return ScaleKernel(cat)
+    rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(ordinal), active_dims=ordinal)
+    return ScaleKernel(rbf * cat)
 
 
 def _fit(model) -> None:
@@ -66,4 +86,4 @@ def _fit(model) -> None:
         # botorch retries a failed fit itself; its warnings are noise on a user's console.
         warnings.simplefilter("ignore", OptimizationWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        fit_gpytorch_mll(mll)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Rich wraps console output at the terminal width; a wide one keeps asserted lines whole.
+os.environ.setdefault("COLUMNS", "250")
 
 BASE_CAMPAIGN: dict[str, Any] = {
     "name": "toy",

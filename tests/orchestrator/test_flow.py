@@ -1,0 +1,58 @@
+"""The campaign as a Prefect flow, end to end, against Prefect's test harness (a real temporary API)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orchestrator.ledger import Ledger
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(home))
+        mp.setenv("DO_NOT_TRACK", "1")
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=120), temporary_settings(
+            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        ):
+            yield
+
+
+def test_flow_runs_campaign_and_reports_to_prefect(prefect_api, tmp_path, campaign_dict):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    from orchestrator.flows import run_campaign_flow
+
+    campaign_dict["budget"] = {"max_experiments": 7, "batch_size": 3, "initial_experiments": 4}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(campaign_dict))
+    counts = run_campaign_flow(path, tmp_path / "results", progress=False)
+    assert counts["completed"] + counts["failed"] == 7
+
+    with Ledger(tmp_path / "results" / "toy" / "ledger.sqlite") as ledger:
+        exps = ledger.experiments()
+    assert [e.batch for e in exps] == [1, 1, 1, 2, 2, 2, 3]
+    assert exps[-1].generator == "gp:qLogNEI"
+
+    with get_client(sync_client=True) as client:
+        (run,) = [r for r in client.read_flow_runs() if r.name == "toy"]
+        assert run.state.is_completed()
+        assert {"orchestrator", "campaign:toy"} <= set(run.tags)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), task_run_filter=TaskRunFilter()
+        )
+    names = sorted(t.name for t in tasks)
+    assert [n for n in names if n.startswith("experiment-")] == sorted(f"experiment-{i}" for i in range(1, 8))
+    assert sum(n.startswith("propose") for n in names) == 3
+    assert sum(n.startswith("refit") for n in names) == 3
+    assert all(t.state.is_completed() for t in tasks)
+
+    # A second run of the finished campaign resumes and does nothing more.
+    assert run_campaign_flow(path, tmp_path / "results", progress=False) == counts
