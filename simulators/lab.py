@@ -1,0 +1,161 @@
+"""The simulated lab's physical world, shared by the byte-level simulators of one campaign.
+
+Firmwares report what they physically did (``record``): a pump dispensed 40 µL of its reagent, the stage
+moved the sample to (x, y, z), the hotplate's surface reached 150 °C. The world keeps the current
+sample's history. Instruments that measure ask the world what they see: a spectrometer gets the
+sample's photoluminescence (:meth:`SimLab.emission`), a source-measure unit the current through the
+sample's device at a voltage (:meth:`SimLab.current_a`).
+
+What the sample *is* follows from its history through a ``sample_model``: a function from the history
+to the conditions the materials model takes (``simulators.perovskite_lab.film_conditions`` turns
+dispensed stock volumes, the quench station visited and the hotplate trace into composition,
+concentration, antisolvent, anneal temperature and time). So a procedure that dispenses the wrong
+volume, or anneals too briefly, measures a different film, as it would in a real lab.
+
+The ground truth is a :class:`~simulators.base.Simulator` (e.g. the perovskite film model): its noisy
+outcomes for the derived conditions decide the emission peak, or no emission where the film fails.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.errors import ExperimentFailed
+from simulators.clock import VirtualClock
+
+HC_EV_NM = 1239.84193  # photon energy (eV) times wavelength (nm)
+
+
+@dataclass(frozen=True)
+class Emission:
+    """A photoluminescence peak as a spectrometer would see it.
+
+    Attributes:
+        peak_nm: peak wavelength.
+        height_counts: peak height in detector counts at 100 ms integration.
+        fwhm_nm: full width at half maximum.
+    """
+
+    peak_nm: float
+    height_counts: float
+    fwhm_nm: float
+
+
+@dataclass
+class Event:
+    """One physical event: ``instrument`` did ``kind`` at ``t_s`` (virtual seconds) with ``data``."""
+
+    t_s: float
+    instrument: str
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+SampleModel = Callable[[list[Event]], dict[str, Any]]
+
+
+class SimLab:
+    """The world of one simulated campaign run.
+
+    Args:
+        clock: the virtual clock every firmware and driver shares.
+        truth: the materials model (``sim(conditions, rng) -> outcomes``; raises ``ExperimentFailed``).
+        sample_model: history of the current sample → the conditions ``truth`` takes.
+        seed: seeds measurement noise.
+        counts_per_pl: detector counts per unit of the model's ``pl_intensity`` at 100 ms.
+    """
+
+    def __init__(
+        self,
+        clock: VirtualClock | None = None,
+        truth: Callable[[Mapping[str, Any], np.random.Generator], Mapping[str, float]] | None = None,
+        sample_model: SampleModel | None = None,
+        seed: int = 0,
+        counts_per_pl: float = 400.0,
+    ):
+        self.clock = clock or VirtualClock()
+        self.truth = truth
+        self.sample_model = sample_model
+        self.counts_per_pl = counts_per_pl
+        self.rng = np.random.default_rng(seed)
+        self.history: list[Event] = []
+        self.samples: list[list[Event]] = []  # finished samples' histories, oldest first
+        self._measured: tuple[int, dict[str, float] | None, str] | None = None  # (sample no., outcomes, why not)
+        self._lock = threading.RLock()
+
+    # --- what firmwares report -------------------------------------------------------------------
+    def record(self, instrument: str, kind: str, **data: Any) -> None:
+        """A firmware reports a physical event for the current sample."""
+        with self._lock:
+            self.history.append(Event(self.clock.now_s(), instrument, kind, dict(data)))
+
+    def new_sample(self) -> None:
+        """Starts a fresh sample (a new substrate); the executor calls it at the start of each experiment."""
+        with self._lock:
+            if self.history:
+                self.samples.append(self.history)
+            self.history = []
+            self._measured = None
+
+    # --- what measuring instruments see ----------------------------------------------------------
+    def conditions(self) -> dict[str, Any]:
+        """The current sample's conditions as the materials model sees them (from its history)."""
+        if self.sample_model is None:
+            raise ExperimentFailed("the simulated lab has no sample model; nothing to measure")
+        with self._lock:
+            return self.sample_model(list(self.history))
+
+    def outcomes(self) -> tuple[dict[str, float] | None, str]:
+        """The materials model's (noisy) outcomes for the current sample, drawn once per sample.
+
+        Returns:
+            (outcomes, "") for a film that formed, (None, reason) for one that did not.
+        """
+        with self._lock:
+            key = len(self.samples)
+            if self._measured is None or self._measured[0] != key:
+                if self.truth is None:
+                    raise ExperimentFailed("the simulated lab has no materials model")
+                try:
+                    out: dict[str, float] | None = dict(self.truth(self.conditions(), self.rng))
+                    why = ""
+                except ExperimentFailed as exc:
+                    out, why = None, exc.reason
+                self._measured = (key, out, why)
+            return self._measured[1], self._measured[2]
+
+    def emission(self) -> Emission | None:
+        """The current sample's PL peak, or None where no film formed (the spectrum shows no peak)."""
+        out, _ = self.outcomes()
+        if out is None:
+            return None
+        eg = out["band_gap_ev"]
+        return Emission(
+            peak_nm=HC_EV_NM / eg,
+            height_counts=max(0.0, out["pl_intensity"]) * self.counts_per_pl,
+            fwhm_nm=out.get("fwhm_nm", 30.0),
+        )
+
+    def current_a(self, voltage_v: float, illuminated: bool = True) -> float:
+        """Current (A) through a 0.1 cm² photodiode made of the current sample at ``voltage_v``.
+
+        Shockley diode with a photocurrent: I = I0 (exp(V / (n Vt)) - 1) - I_ph, where a wider gap lowers
+        the saturation current (I0 ∝ exp(-Eg / (n Vt)), giving an open-circuit voltage ~ Eg - 0.6 V for a
+        good film) and a brighter film (less non-radiative loss) raises the photocurrent. No film: an open
+        circuit (1 nA leakage per volt).
+        """
+        out, _ = self.outcomes()
+        if out is None:
+            return 1e-9 * voltage_v
+        n_vt = 1.5 * 0.025852
+        eg = out["band_gap_ev"]
+        i_ph = 2.0e-3 * min(1.0, max(0.0, out["pl_intensity"]) / 100.0) if illuminated else 0.0
+        i0 = 1.0e4 * math.exp(-eg / n_vt)
+        exponent = min(voltage_v / n_vt, 60.0)
+        return i0 * (math.exp(exponent) - 1.0) - i_ph
