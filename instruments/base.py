@@ -83,6 +83,15 @@ class Driver:
         if check is not None:
             check(**kwargs)
 
+    def action_parameters(self, action: str) -> list[str]:
+        """The keyword names ``action`` takes, in order (a procedure's scalar argument goes to the first)."""
+        return [p for p in inspect.signature(getattr(self, action)).parameters if p != "self"]
+
+    def perform(self, action: str, kwargs: Mapping[str, Any]) -> Any:
+        """Validates, then runs one action; the executor's only way to act on a driver."""
+        self.validate(action, kwargs)
+        return getattr(self, action)(**kwargs)
+
     def safe_state(self) -> None:
         """Brings the device to a state safe to leave unattended. Must not raise for a device already safe."""
 

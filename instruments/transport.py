@@ -243,6 +243,8 @@ class Transport:
         self._lock = threading.RLock()
         self._ser: SerialLike | None = None
         self.reopens = 0
+        # Set by a driver whose device needs a handshake after every reopen (an Arduino resets and boots).
+        self.on_reopen: Callable[[], None] | None = None
 
     # --- opening and closing ---------------------------------------------------------------------
     def _open_serial(self) -> SerialLike:
@@ -306,6 +308,8 @@ class Transport:
                 try:
                     self.open()
                     self.reopens += 1
+                    if self.on_reopen is not None:
+                        self.on_reopen()
                     return
                 except (ConnectionLost, PortNotFound) as exc:
                     last = exc
@@ -323,6 +327,13 @@ class Transport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def transaction(self) -> threading.RLock:
+        """Holds the port for several frames that belong together (a header line and its data line).
+
+        ``with transport.transaction(): header = transport.query(...); data = transport.read_frame(...)``
+        """
+        return self._lock
 
     # --- commands --------------------------------------------------------------------------------
     def send(self, payload: bytes, *, idempotent: bool = False) -> None:
@@ -371,6 +382,8 @@ class Transport:
             self.open()
             try:
                 return self._read_frame(end, start, timeout_s, b"")
+            except InstrumentError:
+                raise  # InstrumentTimeout is an OSError too, but a timeout is not a port failure
             except _PORT_ERRORS as exc:
                 self._note(f"port error: {exc}")
                 self.reopen()
@@ -389,6 +402,8 @@ class Transport:
                         exc.effect_unknown = not idempotent
                         raise
                     log.info("%s: %s; retrying %r", self.name, exc, what)
+                except InstrumentError:
+                    raise  # DeviceError, ConnectionLost, PortNotFound: answered or already handled
                 except _PORT_ERRORS as exc:
                     self._note(f"port error: {exc}")
                     self.reopen()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import CampaignFileError
+from orchestrator.lab_config import AnalysisSpec, InstrumentSpec, ProcedureSpec
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CAMPAIGN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -147,6 +148,11 @@ class SimulatorSpec(_Strict):
     dataset: str | None = Field(None, description="A dataset under simulators/data (e.g. suzuki) or a folder path.")
     mode: Literal["auto", "emulator", "lookup"] = "auto"
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword options passed to the model.")
+    sample_model: str | None = Field(
+        None,
+        description="With instruments and --simulate: 'package.module:function' turning what the simulated "
+        "instruments did to a sample into the model's conditions (e.g. simulators.perovskite_lab:film_conditions).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "SimulatorSpec":
@@ -156,6 +162,8 @@ class SimulatorSpec(_Strict):
             module, _, func = self.model.partition(":")
             if not re.fullmatch(r"[A-Za-z_][\w.]*", module) or not re.fullmatch(r"[A-Za-z_]\w*", func):
                 raise ValueError(f"model '{self.model}' is not of the form 'package.module:function'")
+        if self.sample_model is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.sample_model):
+            raise ValueError(f"sample_model '{self.sample_model}' is not of the form 'package.module:function'")
         return self
 
 
@@ -180,9 +188,11 @@ class Campaign(_Strict):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     optimizer: OptimizerSettings = OptimizerSettings()
     simulator: SimulatorSpec | None = None
-    instruments: dict[str, Any] | None = Field(
-        None, description="Instrument bindings; reserved for the instrument layer (not yet supported)."
+    instruments: dict[str, InstrumentSpec] | None = Field(
+        None, description="The lab's instruments by name; with them the campaign runs on hardware (or --simulate)."
     )
+    procedure: ProcedureSpec | None = Field(None, description="The steps of one experiment on the instruments.")
+    analysis: list[AnalysisSpec] = Field(default_factory=list, description="Raw readings → outcomes.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Campaign":
@@ -245,10 +255,18 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
         problems.append((("budget", "batch_size"), f"{b.batch_size} exceeds max_experiments ({b.max_experiments})"))
     if c.simulator is None and c.instruments is None:
         problems.append(((), "no backend: add a 'simulator:' section (e.g. simulator: {model: perovskite_film})"))
+    if c.instruments is None and (c.procedure is not None or c.analysis):
+        problems.append((("procedure",), "'procedure' and 'analysis' need an 'instruments:' section to run on"))
     if c.instruments is not None:
-        problems.append(
-            (("instruments",), "instrument bindings are not supported yet in this version; use a 'simulator:' section")
-        )
+        for name in c.instruments:
+            if not re.fullmatch(NAME_PATTERN, name) or name == "wait":
+                problems.append((("instruments", name), f"'{name}' is not a valid instrument name; use letters, digits, _"))
+        if not c.instruments:
+            problems.append((("instruments",), "the section is empty; name at least one instrument"))
+        if not problems:
+            from orchestrator.hardware import lab_problems  # local: only campaigns with instruments load the drivers
+
+            problems.extend(lab_problems(c))
     return problems
 
 

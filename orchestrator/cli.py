@@ -80,26 +80,34 @@ def configure_prefect(results_dir: Path) -> None:
 def run(
     campaign_file: CampaignFile,
     results_dir: ResultsDir = Path("results"),
-    simulate: Annotated[bool, typer.Option("--simulate", help="Run against simulated instruments.")] = False,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Run the campaign's instruments as byte-level simulators.")
+    ] = False,
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow.")] = True,
+    transcript: Annotated[
+        Optional[Path], typer.Option("--transcript", help="Record every byte to and from the instruments (JSONL).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """Run (or resume) a campaign until its budget is used, then print a summary."""
     campaign = _load(campaign_file)
+    from orchestrator.backends import open_backend
     from orchestrator.ledger import Ledger
     from orchestrator.loop import CampaignRunner, run_loop
     from orchestrator.report import ProgressPrinter, summary_table
     from orchestrator.simulation import build_simulator
 
     with user_errors():
-        simulator = build_simulator(campaign)
+        if campaign.instruments is None:
+            build_simulator(campaign)  # a bad simulator is a user error before anything starts
         with Ledger.for_campaign(campaign, results_dir) as ledger:
             counts = ledger.counts()
     done = counts["completed"] + counts["failed"]
     verb = "resuming" if sum(counts.values()) else "starting"
+    where = "" if campaign.instruments is None else (" on simulated instruments" if simulate else " on the instruments")
     console.print(
-        f"[bold]{verb}[/] campaign [cyan]{campaign.name}[/]: {done} of {campaign.budget.max_experiments} experiments done; "
-        f"ledger {results_dir / campaign.name / 'ledger.sqlite'}",
+        f"[bold]{verb}[/] campaign [cyan]{campaign.name}[/]{where}: {done} of {campaign.budget.max_experiments} "
+        f"experiments done; ledger {results_dir / campaign.name / 'ledger.sqlite'}",
         highlight=False,
     )
     if prefect:
@@ -107,13 +115,22 @@ def run(
         from orchestrator.flows import run_campaign_flow
 
         with user_errors():
-            run_campaign_flow(campaign_file, results_dir, progress=not quiet)
+            run_campaign_flow(campaign_file, results_dir, progress=not quiet, simulate=simulate, transcript_path=transcript)
     else:
-        with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
-            runner = CampaignRunner(campaign, ledger, simulator, None if quiet else ProgressPrinter(console))
+        with (
+            user_errors(),
+            Ledger.for_campaign(campaign, results_dir) as ledger,
+            open_backend(campaign, results_dir, simulate=simulate, transcript_path=transcript) as backend,
+        ):
+            runner = CampaignRunner(campaign, ledger, backend, None if quiet else ProgressPrinter(console))
             run_loop(runner)
     with Ledger.for_campaign(campaign, results_dir) as ledger:
-        console.print(summary_table(CampaignRunner(campaign, ledger, simulator)))
+        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=_no_backend)))
+
+
+def _no_backend(conditions: object, rng: object) -> dict[str, float]:
+    """Stands in for the backend where only the ledger is read (status, summaries)."""
+    return {}
 
 
 @app.command()
@@ -123,7 +140,8 @@ def validate(campaign_file: CampaignFile) -> None:
     from orchestrator.simulation import build_simulator
 
     with user_errors():
-        build_simulator(campaign)
+        if campaign.instruments is None:
+            build_simulator(campaign)
     n = len(campaign.parameters)
     console.print(
         f"[green]ok[/] {campaign_file}: campaign '{campaign.name}', {n} parameter(s), "
@@ -158,7 +176,7 @@ def status(
         raise typer.Exit(2)
     with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
         console.print(ledger_table(ledger, [o.name for o in campaign.outcomes], limit=last))
-        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=lambda c, r: {})))
+        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=_no_backend)))
 
 
 @app.command()

@@ -41,9 +41,11 @@ class SimulatorError(OrchestratorError):
 class ExperimentFailed(OrchestratorError):
     """An experiment ran but produced no usable measurement (e.g. the film did not form).
 
-    A failed experiment is data, not a crash: the loop records it as ``failed`` with ``reason``.
+    A failed experiment is data, not a crash: the loop records it as ``failed`` with ``reason``, and with
+    ``raw`` (reading label → file) where raw readings were taken (a flat spectrum is data too).
     """
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, raw: dict[str, str] | None = None):
         self.reason = reason
+        self.raw = raw
         super().__init__(reason)

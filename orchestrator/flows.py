@@ -20,7 +20,7 @@ from orchestrator.ledger import Experiment, Ledger
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.proposer import Observations
 from orchestrator.report import ProgressPrinter
-from orchestrator.simulation import build_simulator
+from orchestrator.backends import open_backend
 from orchestrator.surrogates import Surrogate
 
 _TASK_OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -51,7 +51,14 @@ def _prefect_map(runner: CampaignRunner) -> Callable[[Callable[[int], Experiment
 
 
 @flow(name="campaign", flow_run_name="{campaign_name}", persist_result=False, log_prints=False)
-def campaign_flow(campaign_name: str, campaign_path: str, results_dir: str, progress: bool = True) -> dict[str, int]:
+def campaign_flow(
+    campaign_name: str,
+    campaign_path: str,
+    results_dir: str,
+    progress: bool = True,
+    simulate: bool = False,
+    transcript_path: str | None = None,
+) -> dict[str, int]:
     """Runs (or resumes) a campaign until its budget is used; returns the ledger's state counts.
 
     Args:
@@ -59,12 +66,17 @@ def campaign_flow(campaign_name: str, campaign_path: str, results_dir: str, prog
         campaign_path: the campaign YAML file.
         results_dir: folder holding ``<campaign name>/ledger.sqlite``.
         progress: print a line per finished experiment.
+        simulate: run the campaign's instruments as byte-level simulators.
+        transcript_path: record every byte sent to and read from the instruments (JSONL).
     """
     logger = get_run_logger()
     campaign = load_campaign(campaign_path)
-    with Ledger.for_campaign(campaign, results_dir) as ledger:
+    with (
+        Ledger.for_campaign(campaign, results_dir) as ledger,
+        open_backend(campaign, results_dir, simulate=simulate, transcript_path=transcript_path) as backend,
+    ):
         listener = ProgressPrinter(Console()) if progress else None
-        runner = CampaignRunner(campaign, ledger, build_simulator(campaign), on_event=listener)
+        runner = CampaignRunner(campaign, ledger, backend, on_event=listener)
         logger.info("campaign %s: %s", campaign.name, ledger.counts())
         run_loop(
             runner,
@@ -77,11 +89,24 @@ def campaign_flow(campaign_name: str, campaign_path: str, results_dir: str, prog
         return counts
 
 
-def run_campaign_flow(campaign_path: str | Path, results_dir: str | Path, progress: bool = True) -> dict[str, int]:
+def run_campaign_flow(
+    campaign_path: str | Path,
+    results_dir: str | Path,
+    progress: bool = True,
+    simulate: bool = False,
+    transcript_path: str | Path | None = None,
+) -> dict[str, int]:
     """Runs ``campaign_flow`` tagged with the campaign's name, with one worker thread per batch slot."""
     campaign = load_campaign(campaign_path)
     configured = campaign_flow.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=max(1, campaign.budget.batch_size))
     )
     with tags("orchestrator", f"campaign:{campaign.name}"):
-        return configured(campaign.name, str(campaign_path), str(results_dir), progress)
+        return configured(
+            campaign.name,
+            str(campaign_path),
+            str(results_dir),
+            progress,
+            simulate,
+            str(transcript_path) if transcript_path is not None else None,
+        )

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     error TEXT,
     generator TEXT NOT NULL,
     proposal_info TEXT NOT NULL DEFAULT '{}',
+    raw TEXT,
     proposed_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT
@@ -70,6 +71,7 @@ class Experiment:
     generator: str
     proposal_info: dict[str, Any]
     proposed_at: str
+    raw: dict[str, str] | None
     started_at: str | None
     finished_at: str | None
 
@@ -95,6 +97,9 @@ class Ledger:
             with self._tx():
                 for statement in _split(_SCHEMA):
                     self._db.execute(statement)
+                columns = {r["name"] for r in self._db.execute("PRAGMA table_info(experiments)")}
+                if "raw" not in columns:  # ledgers written before raw readings were stored
+                    self._db.execute("ALTER TABLE experiments ADD COLUMN raw TEXT")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path}: cannot open the ledger ({exc}); is it a campaign ledger file?") from None
 
@@ -163,11 +168,16 @@ class Ledger:
     def mark_running(self, exp_id: int) -> Experiment:
         return self._transition(exp_id, "running", started_at=_now())
 
-    def mark_completed(self, exp_id: int, outcomes: Mapping[str, float]) -> Experiment:
-        return self._transition(exp_id, "completed", outcomes=json.dumps(dict(outcomes)), finished_at=_now())
+    def mark_completed(
+        self, exp_id: int, outcomes: Mapping[str, float], raw: Mapping[str, str] | None = None
+    ) -> Experiment:
+        """Records the outcomes and, where instruments took them, the raw readings' files (label → path)."""
+        return self._transition(
+            exp_id, "completed", outcomes=json.dumps(dict(outcomes)), raw=_raw(raw), finished_at=_now()
+        )
 
-    def mark_failed(self, exp_id: int, reason: str) -> Experiment:
-        return self._transition(exp_id, "failed", error=reason, finished_at=_now())
+    def mark_failed(self, exp_id: int, reason: str, raw: Mapping[str, str] | None = None) -> Experiment:
+        return self._transition(exp_id, "failed", error=reason, raw=_raw(raw), finished_at=_now())
 
     def _transition(self, exp_id: int, to_state: str, **columns: Any) -> Experiment:
         with self._tx():
@@ -228,6 +238,10 @@ class Ledger:
         self.close()
 
 
+def _raw(raw: Mapping[str, str] | None) -> str | None:
+    return json.dumps(dict(raw)) if raw else None
+
+
 def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
@@ -243,6 +257,7 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         generator=row["generator"],
         proposal_info=json.loads(row["proposal_info"]),
         proposed_at=row["proposed_at"],
+        raw=json.loads(row["raw"]) if row["raw"] else None,
         started_at=row["started_at"],
         finished_at=row["finished_at"],
     )

@@ -116,27 +116,42 @@ class CampaignRunner:
         return experiments
 
     def run_experiment(self, exp_id: int) -> Experiment:
-        """Runs one experiment on the simulated lab and records the result.
+        """Runs one experiment on the backend (a simulator, or instruments) and records the result.
 
-        A ``running`` experiment found after a crash is run again: a simulator is pure (the same
-        conditions and per-experiment seed give the same result), so nothing is done twice in effect.
+        An experiment found ``running`` after a crash is run again only where that is harmless: a simulator
+        is pure (the same conditions and per-experiment seed give the same result) and a simulated bench
+        starts a fresh sample. On real instruments its effect is unknown, so it is recorded as failed with
+        that reason and never sent to the hardware a second time.
         """
         exp = self.ledger.get(exp_id)
         if exp.state in ("completed", "failed"):
+            return exp
+        if exp.state == "running" and not getattr(self.simulator, "rerun_safe", True):
+            exp = self.ledger.mark_failed(
+                exp_id, "interrupted: the run stopped while this experiment was on the instruments; its effect is "
+                "unknown, so it was not sent again (inspect the sample and the raw data folder)"
+            )
+            self._emit(exp.state, exp)
             return exp
         if exp.state == "proposed":
             exp = self.ledger.mark_running(exp_id)
             self._emit("running", exp)
         rng = np.random.default_rng([self.campaign.seed, exp_id])
+        on_instruments = getattr(self.simulator, "run_experiment", None)
+        raw: dict[str, str] | None = None
         try:
-            outcomes = self._checked(self.simulator(exp.conditions, rng))
+            if on_instruments is not None:
+                result, raw = on_instruments(exp_id, exp.conditions)
+            else:
+                result = self.simulator(exp.conditions, rng)
+            outcomes = self._checked(result)
         except ExperimentFailed as exc:
-            exp = self.ledger.mark_failed(exp_id, exc.reason)
+            exp = self.ledger.mark_failed(exp_id, exc.reason, raw=exc.raw or raw)
         except Exception as exc:  # noqa: BLE001 - a failing experiment must not stop the campaign
             log.warning("experiment %s raised %s: %s", exp_id, type(exc).__name__, exc)
-            exp = self.ledger.mark_failed(exp_id, f"{type(exc).__name__}: {exc}")
+            exp = self.ledger.mark_failed(exp_id, f"{type(exc).__name__}: {exc}", raw=raw)
         else:
-            exp = self.ledger.mark_completed(exp_id, outcomes)
+            exp = self.ledger.mark_completed(exp_id, outcomes, raw=raw)
         self._emit(exp.state, exp)
         return exp
 

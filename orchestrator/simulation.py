@@ -29,7 +29,7 @@ def build_simulator(campaign: Campaign) -> SimulatorFn:
     if spec is None:
         raise UserInputError("the campaign has no 'simulator:' section; add one, e.g. simulator: {model: perovskite_film}")
     try:
-        sim = _build(spec, campaign.seed)
+        sim = build_model(spec, campaign.seed)
     except SimulatorError as exc:
         raise UserInputError(f"simulator: {exc}") from None
     provided = getattr(sim, "outcomes", None)
@@ -43,7 +43,8 @@ def build_simulator(campaign: Campaign) -> SimulatorFn:
     return sim
 
 
-def _build(spec: SimulatorSpec, seed: int) -> SimulatorFn:
+def build_model(spec: SimulatorSpec, seed: int) -> SimulatorFn:
+    """The materials model or dataset emulator a ``simulator:`` section names (outcomes not checked)."""
     if spec.dataset is not None:
         from simulators.datasets import dataset_simulator
 

@@ -8,6 +8,7 @@ sees 10 minutes pass.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class VirtualClock:
@@ -21,6 +22,7 @@ class VirtualClock:
     def __init__(self, start_s: float = 0.0):
         self._now_s = float(start_s)
         self._lock = threading.Lock()
+        self._tickers: list[list] = []  # [period_s, next_due_s, callback]
 
     def now_s(self) -> float:
         with self._lock:
@@ -30,7 +32,35 @@ class VirtualClock:
         self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
+        """Moves time on, calling each ticker at every multiple of its period passed on the way."""
         if seconds < 0:
             raise ValueError(f"cannot move a clock back ({seconds} s)")
+        end = self.now_s() + seconds
+        while True:
+            with self._lock:
+                due = [t for t in self._tickers if t[1] <= end]
+                if not due:
+                    self._now_s = max(self._now_s, end)
+                    return
+                ticker = min(due, key=lambda t: t[1])
+                self._now_s = max(self._now_s, ticker[1])
+                ticker[1] += ticker[0]
+            ticker[2]()  # outside the lock: the callback may talk to a simulated device, which reads the clock
+
+    def every(self, period_s: float, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``callback`` every ``period_s`` of simulated time; returns a function that cancels it.
+
+        This is how a watchdog keepalive keeps pace with simulated time that jumps ahead in one sleep.
+        """
+        if period_s <= 0:
+            raise ValueError(f"period must be positive, got {period_s}")
+        ticker = [float(period_s), self.now_s() + period_s, callback]
         with self._lock:
-            self._now_s += seconds
+            self._tickers.append(ticker)
+
+        def cancel() -> None:
+            with self._lock:
+                if ticker in self._tickers:
+                    self._tickers.remove(ticker)
+
+        return cancel

@@ -1,8 +1,10 @@
 """The simulated lab's physical world, shared by the byte-level simulators of one campaign.
 
 Firmwares report what they physically did (``record``): a pump dispensed 40 µL of its reagent, the stage
-moved the sample to (x, y, z), the hotplate's surface reached 150 °C. The world keeps the current
-sample's history. Instruments that measure ask the world what they see: a spectrometer gets the
+moved the sample to (x, y, z), the hotplate's set point changed. The world keeps every event in order;
+``new_sample()`` (a fresh substrate, at the start of each experiment) adds a ``new_sample`` marker, so
+a sample's own events are those after the last marker while instrument state that outlives a sample
+(a plate that is already hot) can still be read from the earlier ones. Instruments that measure ask the world what they see: a spectrometer gets the
 sample's photoluminescence (:meth:`SimLab.emission`), a source-measure unit the current through the
 sample's device at a voltage (:meth:`SimLab.current_a`).
 
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import ExperimentFailed
+from orchestrator.errors import ExperimentFailed, SimulatorError
 from simulators.clock import VirtualClock
 
 HC_EV_NM = 1239.84193  # photon energy (eV) times wavelength (nm)
@@ -66,7 +68,9 @@ class SimLab:
     Args:
         clock: the virtual clock every firmware and driver shares.
         truth: the materials model (``sim(conditions, rng) -> outcomes``; raises ``ExperimentFailed``).
-        sample_model: history of the current sample → the conditions ``truth`` takes.
+        sample_model: ``f(events)`` → the conditions ``truth`` takes, from every event so far (the current
+            sample's follow the last ``new_sample`` marker; the bench binds what else it needs, such as the
+            stage's stations, with ``functools.partial``).
         seed: seeds measurement noise.
         counts_per_pl: detector counts per unit of the model's ``pl_intensity`` at 100 ms.
     """
@@ -84,24 +88,29 @@ class SimLab:
         self.sample_model = sample_model
         self.counts_per_pl = counts_per_pl
         self.rng = np.random.default_rng(seed)
-        self.history: list[Event] = []
-        self.samples: list[list[Event]] = []  # finished samples' histories, oldest first
-        self._measured: tuple[int, dict[str, float] | None, str] | None = None  # (sample no., outcomes, why not)
+        self.events: list[Event] = []
+        self.sample_no = 0
+        self._measured: tuple[Any, dict[str, float] | None, str] | None = None  # (key, outcomes, why not)
         self._lock = threading.RLock()
 
     # --- what firmwares report -------------------------------------------------------------------
     def record(self, instrument: str, kind: str, **data: Any) -> None:
         """A firmware reports a physical event for the current sample."""
         with self._lock:
-            self.history.append(Event(self.clock.now_s(), instrument, kind, dict(data)))
+            self.events.append(Event(self.clock.now_s(), instrument, kind, dict(data)))
 
     def new_sample(self) -> None:
         """Starts a fresh sample (a new substrate); the executor calls it at the start of each experiment."""
         with self._lock:
-            if self.history:
-                self.samples.append(self.history)
-            self.history = []
-            self._measured = None
+            self.sample_no += 1
+            self.events.append(Event(self.clock.now_s(), "lab", "new_sample", {"sample": self.sample_no}))
+
+    @property
+    def history(self) -> list[Event]:
+        """The current sample's events (those after the last ``new_sample`` marker)."""
+        with self._lock:
+            starts = [i for i, e in enumerate(self.events) if e.kind == "new_sample"]
+            return list(self.events[starts[-1] + 1 :] if starts else self.events)
 
     # --- what measuring instruments see ----------------------------------------------------------
     def conditions(self) -> dict[str, Any]:
@@ -109,7 +118,7 @@ class SimLab:
         if self.sample_model is None:
             raise ExperimentFailed("the simulated lab has no sample model; nothing to measure")
         with self._lock:
-            return self.sample_model(list(self.history))
+            return self.sample_model(list(self.events))
 
     def outcomes(self) -> tuple[dict[str, float] | None, str]:
         """The materials model's (noisy) outcomes for the current sample, drawn once per sample.
@@ -118,15 +127,23 @@ class SimLab:
             (outcomes, "") for a film that formed, (None, reason) for one that did not.
         """
         with self._lock:
-            key = len(self.samples)
+            try:
+                conditions = self.conditions()
+            except (ExperimentFailed, SimulatorError) as exc:
+                return None, getattr(exc, "reason", str(exc))
+            # One noise draw per sample and state: measuring twice sees the same film, re-annealing a new one.
+            key = (self.sample_no, repr(sorted(conditions.items())))
             if self._measured is None or self._measured[0] != key:
                 if self.truth is None:
                     raise ExperimentFailed("the simulated lab has no materials model")
                 try:
-                    out: dict[str, float] | None = dict(self.truth(self.conditions(), self.rng))
+                    out: dict[str, float] | None = dict(self.truth(conditions, self.rng))
                     why = ""
                 except ExperimentFailed as exc:
                     out, why = None, exc.reason
+                except SimulatorError as exc:
+                    # The sample was processed outside what the materials model knows (e.g. never annealed).
+                    out, why = None, f"sample outside the materials model: {exc}"
                 self._measured = (key, out, why)
             return self._measured[1], self._measured[2]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.backends import open_backend
 from orchestrator.campaign import load_campaign
 from orchestrator.ledger import Ledger
 from orchestrator.loop import CampaignRunner, run_loop
@@ -15,7 +16,12 @@ FILES = sorted((REPO / "campaigns").glob("*.yaml"))
 
 
 def test_there_are_example_campaigns():
-    assert {"perovskite_film.yaml", "suzuki_coupling.yaml", "perovskite_bandgap_lookup.yaml"} <= {f.name for f in FILES}
+    assert {
+        "perovskite_film.yaml",
+        "perovskite_film_hardware.yaml",
+        "suzuki_coupling.yaml",
+        "perovskite_bandgap_lookup.yaml",
+    } <= {f.name for f in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -24,8 +30,9 @@ def test_example_campaign_runs_a_few_experiments(path, tmp_path):
     # One model-based proposal after the design is enough to exercise the path; batches of 1 keep it quick.
     budget = campaign.budget.model_copy(update={"max_experiments": campaign.initial_experiments + 1, "batch_size": 1})
     campaign = campaign.model_copy(update={"budget": budget})
-    with Ledger.for_campaign(campaign, tmp_path) as ledger:
-        run_loop(CampaignRunner(campaign, ledger, build_simulator(campaign)))
+    # Campaigns on instruments run through the serial path against their byte-level simulators.
+    with Ledger.for_campaign(campaign, tmp_path) as ledger, open_backend(campaign, tmp_path, simulate=True) as backend:
+        run_loop(CampaignRunner(campaign, ledger, backend))
         exps = ledger.experiments()
     assert len(exps) == campaign.budget.max_experiments
     assert exps[-1].generator.startswith("gp:")

@@ -1,0 +1,335 @@
+"""Campaigns on instruments: checking the ``instruments:`` section against the drivers, building the
+drivers (one transport per port), and the backend that runs an experiment as procedure → executor →
+analysis.
+
+:func:`lab_problems` runs when a campaign file is loaded. Besides the drivers' options and limits it
+sweeps the search space (every corner of the box, each categorical choice, and scattered interior points)
+through the procedure and checks each resulting step against the instruments' limits: a campaign whose
+search space reaches beyond what the hardware accepts is refused with the parameter and limit named,
+so the proposer only ever searches conditions the instruments will take.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from instruments.base import Driver, DriverSpec
+from instruments.clock import Clock
+from instruments.errors import InstrumentError, LimitError
+from instruments.readings import dumps
+from instruments.transport import SerialSettings, Transcript, Transport
+from orchestrator.analysis import analysis_function, analyze
+from orchestrator.errors import ExperimentFailed, UserInputError
+from orchestrator.executor import Executor
+from orchestrator.procedures import Action, Procedure, ProcedureError
+
+if TYPE_CHECKING:
+    from orchestrator.campaign import Campaign, Parameter
+
+log = logging.getLogger(__name__)
+Loc = tuple[str | int, ...]
+_SWEEP_RANDOM_POINTS = 64
+_SWEEP_MAX_CORNERS = 1024
+
+
+def port_settings(spec: DriverSpec, overrides: Any) -> SerialSettings:
+    """The device's factory line settings with the campaign's overrides applied."""
+    changes = {k: v for k, v in overrides.model_dump().items() if v is not None}
+    return replace(spec.serial, **changes)
+
+
+def make_drivers(
+    campaign: "Campaign",
+    *,
+    port_map: Mapping[str, str] | None = None,
+    transcript: Transcript | None = None,
+    clock: Clock | None = None,
+) -> dict[str, Driver]:
+    """Builds (does not connect) a driver per instrument; instruments on one port share its transport.
+
+    Args:
+        port_map: configured port name → the port to open instead (the simulated bench's pty links).
+
+    Raises:
+        UserInputError: an unknown driver, or options/limits the driver refuses.
+    """
+    from instruments.registry import driver_specs
+
+    specs = driver_specs()
+    transports: dict[str, Transport] = {}
+    drivers: dict[str, Driver] = {}
+    for name, inst in (campaign.instruments or {}).items():
+        spec = specs.get(inst.driver)
+        if spec is None:
+            raise UserInputError(f"instruments.{name}.driver: unknown driver '{inst.driver}'; known: {', '.join(specs)}")
+        port = (port_map or {}).get(inst.port, inst.port)
+        if port not in transports:
+            settings = port_settings(spec, inst.serial)
+            if port_map and inst.port in port_map:
+                # A pseudo-terminal carries bytes, not bits: Linux ptys refuse 7-bit or parity settings.
+                settings = replace(settings, bytesize=8, parity="N", stopbits=1)
+            transports[port] = Transport(port, settings, name=name, transcript=transcript)
+        drivers[name] = spec.driver(
+            transports[port],
+            name=name,
+            limits=spec.driver.Limits.model_validate(inst.limits),
+            options=spec.driver.Options.model_validate(inst.options),
+            clock=clock,
+        )
+    return drivers
+
+
+def make_procedure(campaign: "Campaign", drivers: Mapping[str, Driver]) -> Procedure:
+    """The campaign's procedure, with scalar arguments mapped through the drivers' signatures."""
+    assert campaign.procedure is not None
+
+    def arg_names(instrument: str, action: str) -> list[str]:
+        driver = drivers.get(instrument)
+        return driver.action_parameters(action) if driver is not None and action in driver.ACTIONS else []
+
+    return Procedure(steps=campaign.procedure.steps, function=campaign.procedure.function, arg_names=arg_names)
+
+
+# --- checks when a campaign file is loaded ---------------------------------------------------------------
+
+
+def lab_problems(campaign: "Campaign") -> list[tuple[Loc, str]]:
+    """Everything wrong with a campaign's instruments, procedure and analysis, as (field path, message)."""
+    from instruments.registry import driver_specs
+
+    problems: list[tuple[Loc, str]] = []
+    if campaign.procedure is None:
+        problems.append((("procedure",), "instruments need a 'procedure:' (the steps of one experiment)"))
+    if not campaign.analysis:
+        problems.append((("analysis",), "instruments need an 'analysis:' that turns readings into the outcomes"))
+    specs = driver_specs()
+    drivers: dict[str, Driver] = {}
+    kinds_by_port: dict[str, tuple[str, str]] = {}
+    for name, inst in (campaign.instruments or {}).items():
+        spec = specs.get(inst.driver)
+        if spec is None:
+            problems.append(((("instruments", name, "driver")), f"unknown driver '{inst.driver}'; known: {', '.join(specs)}"))
+            continue
+        first = kinds_by_port.setdefault(inst.port, (name, inst.driver))
+        if first[1] != inst.driver:
+            problems.append(
+                (("instruments", name, "port"), f"{inst.port} is also {first[0]}'s port ({first[1]}); one port speaks one protocol")
+            )
+        models: dict[str, Any] = {}
+        for section, model in (("limits", spec.driver.Limits), ("options", spec.driver.Options)):
+            try:
+                models[section] = model.model_validate(getattr(inst, section))
+            except ValidationError as exc:
+                for err in exc.errors(include_url=False):
+                    msg = "unknown key; remove it or check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append((("instruments", name, section, *err["loc"]), msg.removeprefix("Value error, ")))
+        if len(models) < 2:
+            continue
+        try:
+            drivers[name] = spec.driver(Transport(inst.port), name=name, **models)
+        except (InstrumentError, ValueError) as exc:
+            problems.append((("instruments", name), str(exc)))
+    if campaign.procedure is None or len(drivers) < len(campaign.instruments or {}):
+        return problems
+    try:
+        procedure = make_procedure(campaign, drivers)
+    except ProcedureError as exc:
+        return problems + [(_loc(exc.where), str(exc).removeprefix(f"{exc.where}: "))]
+    problems += _template_problems(campaign, procedure, drivers)
+    if problems:
+        return problems
+    problems += _sweep_problems(campaign, procedure, drivers)
+    problems += _analysis_problems(campaign, procedure)
+    return problems
+
+
+def _loc(where: str) -> Loc:
+    out: list[str | int] = []
+    for part in where.replace("]", "").replace("[", ".").split("."):
+        out.append(int(part) if part.isdigit() else part)
+    return tuple(out)
+
+
+def _template_problems(campaign: "Campaign", procedure: Procedure, drivers: Mapping[str, Driver]) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for where, instrument, action in procedure.templates():
+        driver = drivers.get(instrument)
+        if driver is None:
+            problems.append((_loc(where), f"no instrument '{instrument}'; instruments: {', '.join(drivers)}"))
+        elif action not in driver.ACTIONS:
+            problems.append((_loc(where), f"{instrument} has no action '{action}'; it offers: {', '.join(sorted(driver.ACTIONS))}"))
+    known = {p.name for p in campaign.parameters}
+    unknown = sorted(procedure.parameter_names - known)
+    if unknown:
+        problems.append((("procedure", "steps"), f"reads {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not a parameter"))
+    return problems
+
+
+def sweep_points(parameters: "list[Parameter]", seed: int = 0) -> list[dict[str, Any]]:
+    """Conditions that probe the search space: every corner (each categorical choice), then random points."""
+    axes = []
+    for p in parameters:
+        if p.type == "categorical":
+            axes.append(list(p.choices))
+        else:
+            axes.append([p.low, p.high])
+    points = [dict(zip([p.name for p in parameters], combo)) for combo in itertools.islice(itertools.product(*axes), _SWEEP_MAX_CORNERS)]
+    rng = np.random.default_rng(seed)
+    for _ in range(_SWEEP_RANDOM_POINTS):
+        point: dict[str, Any] = {}
+        for p in parameters:
+            if p.type == "categorical":
+                point[p.name] = p.choices[int(rng.integers(len(p.choices)))]
+            elif p.type == "integer":
+                point[p.name] = int(rng.integers(p.low, p.high + 1))
+            else:
+                point[p.name] = float(rng.uniform(p.low, p.high))
+        points.append(point)
+    return points
+
+
+def _sweep_problems(campaign: "Campaign", procedure: Procedure, drivers: Mapping[str, Driver]) -> list[tuple[Loc, str]]:
+    executor = Executor(drivers, clock=None)  # type: ignore[arg-type] - check() never waits
+    seen: set[str] = set()
+    problems: list[tuple[Loc, str]] = []
+    for point in sweep_points(list(campaign.parameters), campaign.seed):
+        try:
+            steps = procedure.steps(point)
+            executor.check(steps)
+        except (LimitError, ProcedureError) as exc:
+            message = str(exc)
+            if message in seen:
+                continue
+            seen.add(message)
+            at = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+            problems.append(
+                (("procedure",), f"at {at}: {message}; narrow the parameters so every allowed condition stays within limits")
+            )
+            if len(problems) >= 3:
+                break
+    return problems
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _analysis_problems(campaign: "Campaign", procedure: Procedure) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    try:
+        steps = procedure.steps(sweep_points(list(campaign.parameters))[0])
+    except ProcedureError:
+        steps = []
+    labels = {s.label or s.instrument for s in steps if isinstance(s, Action)}
+    outcome_names = {o.name for o in campaign.outcomes}
+    filled: set[str] = set()
+    for i, spec in enumerate(campaign.analysis):
+        if labels and spec.reading not in labels:
+            problems.append((("analysis", i, "reading"), f"no step takes a reading '{spec.reading}'; readings: {', '.join(sorted(labels))}"))
+        try:
+            analysis_function(spec.function)
+        except UserInputError as exc:
+            problems.append((("analysis", i, "function"), str(exc)))
+        for quantity, outcome in spec.outcomes.items():
+            if outcome not in outcome_names:
+                problems.append((("analysis", i, "outcomes", quantity), f"'{outcome}' is not an outcome of the campaign"))
+            filled.add(outcome)
+    missing = sorted(outcome_names - filled)
+    if missing:
+        problems.append((("analysis",), f"no analysis fills the outcome(s) {', '.join(missing)}"))
+    return problems
+
+
+# --- running ---------------------------------------------------------------------------------------------
+
+
+class InstrumentBackend:
+    """Runs one experiment on instruments: procedure → executor → raw readings on disk → analysis → outcomes.
+
+    Args:
+        campaign: the campaign (its procedure and analysis).
+        drivers: connected drivers by instrument name.
+        clock: the lab's clock.
+        raw_dir: folder for raw readings (``exp-<id>-<label>.json``).
+        before_experiment: called before each experiment's first step (a simulated lab starts a new sample).
+        rerun_safe: an experiment left ``running`` by a crash may be run again (only for simulated instruments).
+    """
+
+    def __init__(
+        self,
+        campaign: "Campaign",
+        drivers: Mapping[str, Driver],
+        clock: Clock,
+        raw_dir: Path,
+        before_experiment: Callable[[], None] | None = None,
+        rerun_safe: bool = False,
+    ):
+        self.campaign = campaign
+        self.drivers = dict(drivers)
+        self.procedure = make_procedure(campaign, self.drivers)
+        self.executor = Executor(self.drivers, clock, before_experiment)
+        self.raw_dir = Path(raw_dir)
+        self.rerun_safe = rerun_safe
+
+    def run_experiment(self, exp_id: int, conditions: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+        """Returns (outcomes, raw reading files by label).
+
+        Raises:
+            ExperimentFailed: refused by a limit (nothing sent), an instrument failure, or an analysis that
+                found nothing to measure; ``raw`` holds whatever readings were taken.
+        """
+        try:
+            steps = self.procedure.steps(conditions)
+            readings = self.executor.run(steps)
+        except LimitError as exc:
+            raise ExperimentFailed(f"refused before sending: {exc}") from None
+        except ProcedureError as exc:
+            raise ExperimentFailed(f"procedure: {exc}") from None
+        except InstrumentError as exc:
+            raise ExperimentFailed(f"instrument failure: {exc}") from None
+        raw = self._save(exp_id, readings)
+        try:
+            return analyze(self.campaign.analysis, readings), raw
+        except ExperimentFailed as exc:
+            raise ExperimentFailed(exc.reason, raw=raw) from None
+
+    def _save(self, exp_id: int, readings: Mapping[str, Any]) -> dict[str, str]:
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for label, reading in readings.items():
+            path = self.raw_dir / f"exp-{exp_id:05d}-{label}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(dumps(reading))
+            tmp.replace(path)  # a crash never leaves a half-written reading under the final name
+            paths[label] = str(path)
+        return paths
+
+    def connect(self) -> None:
+        for driver in self.drivers.values():
+            driver.connect()
+        self.executor.start_keepalive()
+
+    def close(self) -> None:
+        """Makes every instrument safe, then closes the ports."""
+        self.executor.stop_keepalive()
+        for name, driver in self.drivers.items():
+            try:
+                driver.safe_state()
+            except (InstrumentError, OSError) as exc:
+                log.error("%s: could not bring to a safe state at exit: %s", name, exc)
+        for driver in self.drivers.values():
+            driver.close()
+
+
+def raw_reading(path: str | Path) -> dict[str, Any]:
+    """A stored raw reading as JSON."""
+    return json.loads(Path(path).read_text())
