@@ -329,6 +329,11 @@ class IkaHotplate(Driver):
         self._stirring = False
         self._reading("IN_SP_4", 4)
 
+    @property
+    def keepalive_period_s(self) -> float | None:
+        """How often :meth:`keepalive` must be called: a third of the watchdog timeout (None: no watchdog)."""
+        return self.options.watchdog_s / 3.0 if self.options.watchdog_s else None
+
     def keepalive(self) -> None:
         """Re-arms the watchdog (with none, reads the plate); call it more often than every ``watchdog_s``."""
         self._enter()

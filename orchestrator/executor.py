@@ -24,8 +24,9 @@ from orchestrator.procedures import Action, ProcedureError, Step, Wait
 
 log = logging.getLogger(__name__)
 
-# Instruments with a watchdog (a ``keepalive`` method) hear from the executor this often, in lab time, from
-# connection to close: a live orchestrator never trips a watchdog, while a dead one does.
+# Instruments with a watchdog (a ``keepalive`` method) hear from the executor this often in lab time, or as
+# often as the most demanding driver's ``keepalive_period_s`` asks, from connection to close: a live
+# orchestrator never trips a watchdog, while a dead one does.
 KEEPALIVE_S = 10.0
 
 
@@ -50,21 +51,26 @@ class Executor:
 
     # --- watchdogs -----------------------------------------------------------------------------------
     def start_keepalive(self) -> None:
-        """Calls every driver's ``keepalive`` each ``KEEPALIVE_S`` of lab time until :meth:`stop_keepalive`.
+        """Calls every driver's ``keepalive`` periodically in lab time until :meth:`stop_keepalive`.
 
         On a simulated clock that jumps ahead, the clock calls it on the way (``clock.every``); on the wall
         clock a daemon thread does, taking each port's lock like any other command.
         """
-        if self._stop_keepalive is not None or not any(hasattr(d, "keepalive") for d in self.drivers.values()):
+        periods = [
+            getattr(d, "keepalive_period_s", KEEPALIVE_S) for d in self.drivers.values() if hasattr(d, "keepalive")
+        ]
+        periods = [p for p in periods if p]
+        if self._stop_keepalive is not None or not periods:
             return
+        period_s = min(periods)
         every = getattr(self.clock, "every", None)
         if every is not None:
-            self._stop_keepalive = every(KEEPALIVE_S, self.keepalive)
+            self._stop_keepalive = every(period_s, self.keepalive)
             return
         stop = threading.Event()
 
         def loop() -> None:
-            while not stop.wait(KEEPALIVE_S):
+            while not stop.wait(period_s):
                 self.keepalive()
 
         threading.Thread(target=loop, name="keepalive", daemon=True).start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -207,9 +208,10 @@ def _sweep_problems(campaign: "Campaign", procedure: Procedure, drivers: Mapping
             executor.check(steps)
         except (LimitError, ProcedureError) as exc:
             message = str(exc)
-            if message in seen:
+            shape = re.sub(r"[-+]?\d[\d.e+-]*", "#", message)  # the same refusal at other values is one problem
+            if shape in seen:
                 continue
-            seen.add(message)
+            seen.add(shape)
             at = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
             problems.append(
                 (("procedure",), f"at {at}: {message}; narrow the parameters so every allowed condition stays within limits")

@@ -26,3 +26,21 @@ def branin_like(conditions, rng):
 
 def not_a_mapping(conditions, rng):
     return 42.0
+
+
+def plate_film(conditions, rng):
+    """A film whose PL depends only on the hotplate temperature: brightest at 150 degC, none below 70 degC."""
+    t = conditions["temp_c"]
+    if t < 70.0:
+        raise ExperimentFailed("film did not crystallize below 70 degC")
+    return {
+        "band_gap_ev": 1.55 + 0.001 * (t - 100.0),
+        "pl_intensity": max(1.0, 100.0 - ((t - 150.0) / 4.0) ** 2) * math.exp(0.02 * float(rng.normal())),
+        "fwhm_nm": 35.0,
+    }
+
+
+def plate_sample(events):
+    """Sample model for ``plate_film``: the film saw the hotplate's last set point."""
+    setpoints = [e.data["setpoint_c"] for e in events if e.kind == "heater" and e.data.get("on")]
+    return {"temp_c": setpoints[-1] if setpoints else 22.0}

@@ -56,3 +56,15 @@ def test_flow_runs_campaign_and_reports_to_prefect(prefect_api, tmp_path, campai
 
     # A second run of the finished campaign resumes and does nothing more.
     assert run_campaign_flow(path, tmp_path / "results", progress=False) == counts
+
+
+def test_flow_runs_a_campaign_on_simulated_instruments(prefect_api, tmp_path):
+    from orchestrator.flows import run_campaign_flow
+    from tests.orchestrator.test_hardware import LAB
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(LAB))
+    counts = run_campaign_flow(path, tmp_path / "results", progress=False, simulate=True)
+    assert counts["completed"] + counts["failed"] == LAB["budget"]["max_experiments"]
+    with Ledger(tmp_path / "results" / "plate_lab" / "ledger.sqlite") as ledger:
+        assert all(e.raw and "pl" in e.raw for e in ledger.experiments())
