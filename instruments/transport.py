@@ -91,8 +91,11 @@ class SerialLike(Protocol):
 
     timeout: float | None
 
+    @property
+    def in_waiting(self) -> int: ...
+
     def write(self, data: bytes) -> int | None: ...
-    def read_until(self, expected: bytes = ..., size: int | None = ...) -> bytes: ...
+    def read(self, size: int = ...) -> bytes: ...
     def reset_input_buffer(self) -> None: ...
     def close(self) -> None: ...
 
@@ -112,8 +115,10 @@ class Transcript:
         self.entries: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
+        self._file = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", buffering=1)  # line-buffered: each entry reaches the file whole
 
     def record(self, port: str, direction: Literal["tx", "rx", "note"], data: bytes = b"", note: str = "") -> None:
         entry: dict[str, Any] = {"t_s": round(time.monotonic() - self._t0, 6), "port": port, "dir": direction}
@@ -123,9 +128,14 @@ class Transcript:
             entry["hex"] = data.hex()
         with self._lock:
             self.entries.append(entry)
-            if self.path is not None:
-                with self.path.open("a") as fh:
-                    fh.write(json.dumps(entry) + "\n")
+            if self._file is not None:
+                self._file.write(json.dumps(entry) + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def written(self, port: str | None = None) -> bytes:
         """All bytes written (to ``port``, or to every port), concatenated."""
@@ -167,12 +177,13 @@ class ReplayPort:
             self._pending_rx += self._steps.pop(0)[1]
         return len(data)
 
-    def read_until(self, expected: bytes = b"\n", size: int | None = None) -> bytes:
-        i = self._pending_rx.find(expected)
-        cut = len(self._pending_rx) if i < 0 else i + len(expected)
-        if size is not None:
-            cut = min(cut, size)
-        out, self._pending_rx = self._pending_rx[:cut], self._pending_rx[cut:]
+    @property
+    def in_waiting(self) -> int:
+        return len(self._pending_rx)
+
+    def read(self, size: int = 1) -> bytes:
+        """Recorded reply bytes; nothing (as a timeout would) once the recording's replies are used up."""
+        out, self._pending_rx = self._pending_rx[:size], self._pending_rx[size:]
         return out
 
     def reset_input_buffer(self) -> None:
@@ -242,6 +253,7 @@ class Transport:
         self._opener = opener or self._open_serial
         self._lock = threading.RLock()
         self._ser: SerialLike | None = None
+        self._rx = b""  # bytes read past the end of the last frame (a data line that follows its header)
         self.reopens = 0
         # Set by a driver whose device needs a handshake after every reopen (an Arduino resets and boots).
         self.on_reopen: Callable[[], None] | None = None
@@ -421,13 +433,30 @@ class Transport:
         assert self._ser is not None
         if flush:
             self._ser.reset_input_buffer()
+            self._rx = b""
         self._log("tx", payload)
         self._ser.write(payload)
 
     def _read_frame(self, end: bytes, start: bytes | None, timeout_s: float | None, sent: bytes) -> bytes:
         assert self._ser is not None
-        self._ser.timeout = self.settings.timeout_s if timeout_s is None else timeout_s
-        frame = self._ser.read_until(end, self.settings.max_frame_bytes)
+        wait_s = self.settings.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
+        buf = self._rx
+        # Read what has arrived in one call (a 2 kB spectrum line is one read, not 2000), keep what follows
+        # the frame for the next one.
+        while (i := buf.find(end)) < 0 and len(buf) < self.settings.max_frame_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._ser.timeout = remaining
+            chunk = self._ser.read(max(1, self._ser.in_waiting))
+            if not chunk:
+                break
+            buf += chunk
+        if i >= 0:
+            frame, self._rx = buf[: i + len(end)], buf[i + len(end) :]
+        else:
+            frame, self._rx = buf, b""
         if frame:
             self._log("rx", frame)
         if not frame.endswith(end):
@@ -435,7 +464,7 @@ class Transport:
                 raise ProtocolError(f"reply to {sent!r} exceeds {len(frame)} bytes without {end!r}", instrument=self.name)
             detail = f"partial reply {frame!r}" if frame else "no reply"
             raise InstrumentTimeout(
-                f"{detail} to {sent!r} within {self._ser.timeout} s; check power, cable and line settings",
+                f"{detail} to {sent!r} within {wait_s} s; check power, cable and line settings",
                 instrument=self.name,
             )
         if start is not None and not frame.startswith(start):

@@ -46,10 +46,21 @@ def open_backend(
         yield build_simulator(campaign)
         return
     from instruments.transport import Transcript
-    from orchestrator.hardware import InstrumentBackend, make_drivers
 
     transcript = Transcript(transcript_path) if transcript_path is not None else None
-    raw_dir = Path(results_dir) / campaign.name / "raw"
+    try:
+        yield from _instruments(campaign, Path(results_dir), simulate, transcript, fault_rate)
+    finally:
+        if transcript is not None:
+            transcript.close()
+
+
+def _instruments(
+    campaign: "Campaign", results_dir: Path, simulate: bool, transcript: Any, fault_rate: float
+) -> Iterator[Any]:
+    from orchestrator.hardware import InstrumentBackend, make_drivers
+
+    raw_dir = results_dir / campaign.name / "raw"
     if simulate:
         from simulators.bench import SimulatedBench
 

@@ -36,11 +36,11 @@ class Executor:
     Args:
         drivers: instrument name → connected driver.
         clock: what waits wait on (wall clock for hardware, the simulated lab's virtual clock).
-        before_experiment: called at the start of each experiment (the simulated lab starts a new sample).
+        before_experiment: called with the experiment's id at its start (the simulated lab starts a new sample).
     """
 
     def __init__(
-        self, drivers: Mapping[str, Driver], clock: Clock, before_experiment: Callable[[], None] | None = None
+        self, drivers: Mapping[str, Driver], clock: Clock, before_experiment: Callable[[int], None] | None = None
     ):
         self.drivers = dict(drivers)
         self.clock = clock
@@ -106,7 +106,7 @@ class Executor:
                 )
             driver.validate(step.action, step.kwargs)
 
-    def run(self, steps: Sequence[Step]) -> dict[str, Reading]:
+    def run(self, steps: Sequence[Step], experiment_id: int = 0) -> dict[str, Reading]:
         """Runs one experiment's steps; returns its readings by label.
 
         Raises:
@@ -116,7 +116,7 @@ class Executor:
         with self._lock:
             self.check(steps)
             if self.before_experiment is not None:
-                self.before_experiment()
+                self.before_experiment(experiment_id)
             readings: dict[str, Reading] = {}
             used: set[str] = set()
             try:

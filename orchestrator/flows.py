@@ -44,6 +44,8 @@ def run_experiment_task(runner: CampaignRunner, exp_id: int) -> Experiment:
 
 def _prefect_map(runner: CampaignRunner) -> Callable[[Callable[[int], Experiment], Sequence[int]], list[Experiment]]:
     def map_fn(_fn: Callable[[int], Experiment], ids: Sequence[int]) -> list[Experiment]:
+        if runner.concurrency <= 1:
+            return [run_experiment_task.submit(runner, i).result() for i in ids]
         futures = [run_experiment_task.submit(runner, i) for i in ids]
         return [f.result() for f in futures]
 

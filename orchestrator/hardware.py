@@ -262,7 +262,8 @@ class InstrumentBackend:
         drivers: connected drivers by instrument name.
         clock: the lab's clock.
         raw_dir: folder for raw readings (``exp-<id>-<label>.json``).
-        before_experiment: called before each experiment's first step (a simulated lab starts a new sample).
+        before_experiment: called with the experiment's id before its first step (a simulated lab starts a new
+            sample).
         rerun_safe: an experiment left ``running`` by a crash may be run again (only for simulated instruments).
     """
 
@@ -272,7 +273,7 @@ class InstrumentBackend:
         drivers: Mapping[str, Driver],
         clock: Clock,
         raw_dir: Path,
-        before_experiment: Callable[[], None] | None = None,
+        before_experiment: Callable[[int], None] | None = None,
         rerun_safe: bool = False,
     ):
         self.campaign = campaign
@@ -281,6 +282,7 @@ class InstrumentBackend:
         self.executor = Executor(self.drivers, clock, before_experiment)
         self.raw_dir = Path(raw_dir)
         self.rerun_safe = rerun_safe
+        self.max_concurrent = 1  # one bench: the executor serializes experiments anyway; this keeps id order
 
     def run_experiment(self, exp_id: int, conditions: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
         """Returns (outcomes, raw reading files by label).
@@ -291,7 +293,7 @@ class InstrumentBackend:
         """
         try:
             steps = self.procedure.steps(conditions)
-            readings = self.executor.run(steps)
+            readings = self.executor.run(steps, exp_id)
         except LimitError as exc:
             raise ExperimentFailed(f"refused before sending: {exc}") from None
         except ProcedureError as exc:

@@ -67,6 +67,12 @@ class CampaignRunner:
             X_pending=self.space.encode([e.conditions for e in by_state["pending"]]),
         )
 
+    @property
+    def concurrency(self) -> int:
+        """How many experiments of a batch run at once: the batch, unless the backend runs one at a time
+        (one bench of instruments runs experiments in id order, so a seeded simulated run repeats exactly)."""
+        return min(self.campaign.budget.batch_size, getattr(self.simulator, "max_concurrent", None) or 64)
+
     def remaining_budget(self) -> int:
         return max(0, self.campaign.budget.max_experiments - sum(self.ledger.counts().values()))
 
@@ -196,7 +202,7 @@ def run_loop(
 
     The step callables default to the runner's own methods; ``flows.py`` passes Prefect tasks instead.
     """
-    map_experiments = map_experiments or threaded_map(runner.campaign.budget.batch_size)
+    map_experiments = map_experiments or threaded_map(runner.concurrency)
     refit = refit or runner.refit
     propose_step = propose_step or runner.propose
     while True:

@@ -87,6 +87,7 @@ class SimLab:
         self.truth = truth
         self.sample_model = sample_model
         self.counts_per_pl = counts_per_pl
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.events: list[Event] = []
         self.sample_no = 0
@@ -99,9 +100,15 @@ class SimLab:
         with self._lock:
             self.events.append(Event(self.clock.now_s(), instrument, kind, dict(data)))
 
-    def new_sample(self) -> None:
-        """Starts a fresh sample (a new substrate); the executor calls it at the start of each experiment."""
+    def new_sample(self, sample_id: int | None = None) -> None:
+        """Starts a fresh sample (a new substrate); the executor calls it at the start of each experiment.
+
+        With ``sample_id`` (the experiment's id) the measurement noise is drawn from a generator seeded by
+        it, so an experiment measures the same whatever order a batch's experiments reach the bench in.
+        """
         with self._lock:
+            if sample_id is not None:
+                self.rng = np.random.default_rng([self.seed, sample_id])
             self.sample_no += 1
             self.events.append(Event(self.clock.now_s(), "lab", "new_sample", {"sample": self.sample_no}))
 

@@ -184,3 +184,16 @@ def test_an_experiment_interrupted_on_real_instruments_is_not_sent_again(bench, 
         result = CampaignRunner(campaign, ledger, backend).run_experiment(exp.id)
     assert result.state == "failed" and "interrupted" in result.error
     assert len(transcript.written()) == before
+
+
+def test_a_simulated_bench_run_repeats_exactly_under_its_seed(write_campaign, lab_dict, tmp_path):
+    campaign = load_campaign(write_campaign(lab_dict))
+    results = []
+    for run in ("a", "b"):
+        with (
+            Ledger.for_campaign(campaign, tmp_path / run) as ledger,
+            open_backend(campaign, tmp_path / run, simulate=True) as backend,
+        ):
+            run_loop(CampaignRunner(campaign, ledger, backend))
+            results.append([(e.conditions, e.outcomes, e.state) for e in ledger.experiments()])
+    assert results[0] == results[1]
