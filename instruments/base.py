@@ -13,6 +13,7 @@ pump stopped, output off, motion halted). The executor calls it on any error and
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -102,6 +103,12 @@ class Driver:
 
     def close(self) -> None:
         self.transport.close()
+
+    def number(self, value: Any, what: str) -> float:
+        """``value`` as a float; :class:`LimitError` for anything that is not a finite number (NaN, inf, text)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LimitError(f"{what} must be a finite number, got {value!r}; refusing to send it", instrument=self.name)
+        return float(value)
 
     def limit(self, value: float, maximum: float | None, what: str, unit: str, minimum: float | None = None) -> None:
         """Raises :class:`LimitError` when ``value`` is outside ``[minimum, maximum]`` (None: no bound)."""

@@ -50,3 +50,13 @@ class ConnectionLost(InstrumentError, ConnectionError):
 
 class PortNotFound(InstrumentError, FileNotFoundError):
     """The port named in the campaign file does not exist (no such path, no USB device with that id)."""
+
+
+def naming(exc: InstrumentError, instrument: str) -> InstrumentError:
+    """The same error naming ``instrument``, for errors raised by pure parsers that do not know it."""
+    if exc.instrument:
+        return exc
+    kwargs: dict = {"instrument": instrument, "effect_unknown": exc.effect_unknown}
+    if isinstance(exc, DeviceError):
+        kwargs["code"] = exc.code
+    return type(exc)(str(exc), **kwargs)

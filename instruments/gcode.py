@@ -245,18 +245,13 @@ class GcodeStage(Driver):
         self.version: str | None = None
 
     # --- checks (pure) ---------------------------------------------------------------------------
-    def _number(self, value: Any, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LimitError(f"{what} must be a number, got {value!r}", instrument=self.name)
-        return float(value)
-
     def _check_target(self, point: Axes, what: str) -> None:
         for axis, value, (low, high) in zip("xyz", point, (self.limits.x_mm, self.limits.y_mm, self.limits.z_mm)):
-            self.limit(self._number(value, f"{what} {axis}"), high, f"{what} {axis}", "mm", low)
+            self.limit(self.number(value, f"{what} {axis}"), high, f"{what} {axis}", "mm", low)
 
     def _check_feed(self, feed_mm_min: float | None) -> None:
         if feed_mm_min is not None:
-            self.limit(self._number(feed_mm_min, "feed"), self.limits.max_feed_mm_min, "feed", "mm/min")
+            self.limit(self.number(feed_mm_min, "feed"), self.limits.max_feed_mm_min, "feed", "mm/min")
             if feed_mm_min <= 0:
                 raise LimitError(f"feed must be positive, got {feed_mm_min}", instrument=self.name)
 

@@ -180,29 +180,24 @@ class IkaHotplate(Driver):
         self._armed_at = -math.inf
 
     # --- limit checks (pure) ----------------------------------------------------------------------
-    def _number(self, value: Any, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise LimitError(f"{what} must be a finite number, got {value!r}", instrument=self.name)
-        return float(value)
-
     def _check_set_temperature(self, temp_c: float) -> None:
-        t, safety = self._number(temp_c, "temp_c"), self.safety_temp_c
+        t, safety = self.number(temp_c, "temp_c"), self.safety_temp_c
         if safety is not None and t > safety and safety < self.limits.max_temp_c:
             msg = f"temperature set point {t:g} °C exceeds the device's safety temperature {safety:g} °C (IN_SP_3)"
             raise LimitError(msg + "; refused before sending", instrument=self.name)
         self.limit(t, self.limits.max_temp_c, "temperature set point", "°C", minimum=0.0)
 
     def _check_set_stir_rate(self, rpm: float) -> None:
-        self.limit(self._number(rpm, "rpm"), self.limits.max_stir_rpm, "stirring speed", "rpm", minimum=0.0)
+        self.limit(self.number(rpm, "rpm"), self.limits.max_stir_rpm, "stirring speed", "rpm", minimum=0.0)
 
     def _check_wait_for_temperature(self, tolerance_c: float = 2.0, timeout_s: float = 1800.0) -> None:
-        self.limit(self._number(tolerance_c, "tolerance_c"), 100.0, "tolerance", "°C", minimum=0.1)
-        self.limit(self._number(timeout_s, "timeout_s"), 86400.0, "timeout", "s", minimum=0.0)
+        self.limit(self.number(tolerance_c, "tolerance_c"), 100.0, "tolerance", "°C", minimum=0.1)
+        self.limit(self.number(timeout_s, "timeout_s"), 86400.0, "timeout", "s", minimum=0.0)
 
     def _check_hold(self, duration_s: float, tolerance_c: float | None = None) -> None:
-        self.limit(self._number(duration_s, "duration_s"), 7 * 86400.0, "hold duration", "s", minimum=0.0)
+        self.limit(self.number(duration_s, "duration_s"), 7 * 86400.0, "hold duration", "s", minimum=0.0)
         if tolerance_c is not None:
-            self.limit(self._number(tolerance_c, "tolerance_c"), 100.0, "tolerance", "°C", minimum=0.1)
+            self.limit(self.number(tolerance_c, "tolerance_c"), 100.0, "tolerance", "°C", minimum=0.1)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def connect(self) -> None:

@@ -276,13 +276,8 @@ class NewEraPump(Driver):
         self._connected = False
 
     # --- limit checks (pure) ----------------------------------------------------------------------
-    def _number(self, value: Any, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise LimitError(f"{what} must be a finite number, got {value!r}", instrument=self.name)
-        return float(value)
-
     def _check_pumping(self, volume_ul: float, rate_ul_min: float) -> None:
-        volume, rate = self._number(volume_ul, "volume_ul"), self._number(rate_ul_min, "rate_ul_min")
+        volume, rate = self.number(volume_ul, "volume_ul"), self.number(rate_ul_min, "rate_ul_min")
         if volume < 0 or rate <= 0:
             raise LimitError(f"volume ({volume:g} µL) must be >= 0 and rate ({rate:g} µL/min) positive", instrument=self.name)
         if volume == 0:

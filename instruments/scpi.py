@@ -59,7 +59,7 @@ from typing import Literal, TypeVar
 from pydantic import Field
 
 from instruments.base import Driver, DriverSpec, Settings
-from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError
+from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError, naming
 from instruments.readings import IVCurve
 from instruments.transport import SerialSettings
 
@@ -194,22 +194,6 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= _RTOL * max(abs(a), abs(b)) + 1e-12
 
 
-def _named(exc: InstrumentError, instrument: str) -> InstrumentError:
-    """The same error, naming the instrument (parsers raise without knowing it)."""
-    if exc.instrument:
-        return exc
-    kwargs: dict = {"instrument": instrument, "effect_unknown": exc.effect_unknown}
-    if isinstance(exc, DeviceError):
-        kwargs["code"] = exc.code
-    return type(exc)(str(exc), **kwargs)
-
-
-def _number(value: object, what: str, instrument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LimitError(f"{what} must be a number, got {value!r}", instrument=instrument)
-    return float(value)
-
-
 # --- the driver ----------------------------------------------------------------------------------
 
 
@@ -252,10 +236,10 @@ class Keithley2400(Driver):
 
     # --- limit checks (pure) ---------------------------------------------------------------------
     def _check_volts(self, voltage_v: object, what: str) -> None:
-        self.limit(abs(_number(voltage_v, what, self.name)), self.limits.max_voltage_v, f"|{what}|", "V")
+        self.limit(abs(self.number(voltage_v, what)), self.limits.max_voltage_v, f"|{what}|", "V")
 
     def _check_compliance(self, compliance_a: object) -> None:
-        value = _number(compliance_a, "current compliance", self.name)
+        value = self.number(compliance_a, "current compliance")
         self.limit(value, self.limits.max_current_a, "current compliance", "A", minimum=MIN_COMPLIANCE_A)
 
     def _check_identify(self) -> None:
@@ -279,7 +263,7 @@ class Keithley2400(Driver):
         for k, volts in enumerate(sweep_voltages(start_v, stop_v, points)):
             self._check_volts(volts, f"sweep point {k}")
         self._check_compliance(compliance_a)
-        settle = _number(settle_s, "settle time", self.name)
+        settle = self.number(settle_s, "settle time")
         self.limit(settle, self.limits.max_settle_s, "settle time", "s", minimum=0.0)
 
     def _check_output_off(self) -> None:
@@ -400,7 +384,7 @@ class Keithley2400(Driver):
         try:
             return self.transport.query(payload, end=self._end, parse=parse, idempotent=True)
         except InstrumentError as exc:
-            raise _named(exc, self.name) from None
+            raise naming(exc, self.name) from None
 
     def _apply(self, voltage_v: float, compliance_a: float, range_v: float, context: str) -> None:
         """Compliance, range and level (the range always holds the level), verified; then output on, verified."""
@@ -438,11 +422,11 @@ class Keithley2400(Driver):
                     format_command(READ, self._t), end=self._end, parse=parse_read, idempotent=True, retries=0
                 )
             except DeviceError as exc:
-                raise _named(exc, self.name) from None
+                raise naming(exc, self.name) from None
             except (InstrumentTimeout, ProtocolError, ConnectionLost) as exc:
                 if isinstance(exc, ConnectionLost) and not self.transport.is_open:
                     raise
-                last = _named(exc, self.name)
+                last = naming(exc, self.name)
                 log.info("%s: :READ? failed (%s); checking the error queue", self.name, exc)
             self._raise_errors(":READ?", self._drain_errors())
         assert last is not None

@@ -61,7 +61,7 @@ from typing import TypeVar
 from pydantic import Field, model_validator
 
 from instruments.base import Driver, DriverSpec, Settings
-from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError
+from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError, naming
 from instruments.readings import Spectrum
 from instruments.transport import SerialSettings
 
@@ -235,22 +235,6 @@ def wavelengths(coefficients: Sequence[float], n: int) -> tuple[float, ...]:
     return axis
 
 
-def _named(exc: InstrumentError, instrument: str) -> InstrumentError:
-    """The same error, naming the instrument (parsers raise without knowing it)."""
-    if exc.instrument:
-        return exc
-    kwargs: dict = {"instrument": instrument, "effect_unknown": exc.effect_unknown}
-    if isinstance(exc, DeviceError):
-        kwargs["code"] = exc.code
-    return type(exc)(str(exc), **kwargs)
-
-
-def _number(value: object, what: str, instrument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LimitError(f"{what} must be a number, got {value!r}", instrument=instrument)
-    return float(value)
-
-
 # --- the driver ----------------------------------------------------------------------------------
 
 
@@ -297,7 +281,7 @@ class Spectrometer(Driver):
         """Nothing to check."""
 
     def _check_set_integration(self, integration_ms: float) -> None:
-        value = _number(integration_ms, "integration time", self.name)
+        value = self.number(integration_ms, "integration time")
         low, high = self.limits.min_integration_ms, self.limits.max_integration_ms
         self.limit(value, high, "integration time", "ms", minimum=low)
 
@@ -356,7 +340,7 @@ class Spectrometer(Driver):
         try:
             return self.transport.query(payload, end=END, parse=parse, idempotent=True, timeout_s=timeout_s)
         except InstrumentError as exc:
-            raise _named(exc, self.name) from None
+            raise naming(exc, self.name) from None
 
     def _calibrate(self) -> None:
         n = self._ask(format_pixels_query(), parse_pixels)
@@ -364,7 +348,7 @@ class Spectrometer(Driver):
         try:
             self.wavelength_nm = wavelengths(coefficients, n)
         except DeviceError as exc:
-            raise _named(exc, self.name) from None
+            raise naming(exc, self.name) from None
 
     def _spectrum(self, shutter_open: bool, integration_ms: float | None, averages: int) -> Spectrum:
         if not self.wavelength_nm:
@@ -395,11 +379,11 @@ class Spectrometer(Driver):
                 counts = parse_data(frame, n, crc)
                 break
             except DeviceError as exc:
-                raise _named(exc, self.name) from None
+                raise naming(exc, self.name) from None
             except (InstrumentTimeout, ProtocolError, ConnectionLost) as exc:
                 if isinstance(exc, ConnectionLost) and not self.transport.is_open:
                     raise
-                last = _named(exc, self.name)
+                last = naming(exc, self.name)
                 log.info("%s: spectrum lost or garbled (%s); measuring again", self.name, exc)
         else:
             assert last is not None

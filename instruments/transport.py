@@ -41,6 +41,7 @@ import serial.tools.list_ports
 
 from instruments.errors import (
     ConnectionLost,
+    naming,
     InstrumentError,
     InstrumentTimeout,
     PortNotFound,
@@ -384,7 +385,10 @@ class Transport:
         def attempt() -> T:
             self._write(payload, flush=True)
             frame = self._read_frame(end, start, timeout_s, payload)
-            return parse(frame)
+            try:
+                return parse(frame)
+            except InstrumentError as exc:
+                raise naming(exc, self.name) from None
 
         return self._with_recovery(attempt, idempotent=idempotent, what=payload, retries=retries)
 
