@@ -132,3 +132,32 @@ def test_port_names_resolve_or_say_what_is_wrong(tmp_path):
         resolve_port("usb:0403:6001")
     with pytest.raises(PortNotFound, match="hex"):
         resolve_port("usb:zz:6001")
+
+
+def test_serial_over_lan_bridge_by_socket_url():
+    """A ``socket://host:port`` port (a serial-to-Ethernet bridge), served here by a TCP server on loopback."""
+    import socket
+    import threading
+
+    firmware = Counter()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(4096):
+                for reply in firmware.feed(data):
+                    conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with Transport(f"socket://127.0.0.1:{port}", FAST, name="bridge") as t:
+            t.query(b"INC\r\n", end=b"\r\n", parse=parse_ok)
+            assert t.query(b"GET\r\n", end=b"\r\n", parse=parse_val, idempotent=True) == 1
+    finally:
+        server.close()
+    assert firmware.received == [b"INC\r\n", b"GET\r\n"]
