@@ -418,6 +418,7 @@ class Transport:
                         exc.effect_unknown = not idempotent
                         raise
                     log.info("%s: %s; retrying %r", self.name, exc, what)
+                    self._drain()
                 except InstrumentError:
                     raise  # DeviceError, ConnectionLost, PortNotFound: answered or already handled
                 except _PORT_ERRORS as exc:
@@ -432,6 +433,23 @@ class Transport:
                         ) from None
                     log.info("%s: port error %s; reconnected, retrying %r", self.name, exc, what)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drain(self, quiet_s: float = 0.02, limit_s: float = 0.5) -> None:
+        """Before a retry, reads and drops whatever the device is still sending (the rest of a garbled or
+        late reply) until the line has been quiet for ``quiet_s``, so it cannot be taken for the next reply."""
+        if self._ser is None:
+            return
+        end = time.monotonic() + limit_s
+        try:
+            self._ser.timeout = quiet_s
+            while time.monotonic() < end:
+                junk = self._ser.read(max(1, self._ser.in_waiting))
+                if not junk:
+                    break
+                self._log("rx", junk)
+        except _PORT_ERRORS:
+            pass  # the retry's own write or read meets the failed port and reopens it
+        self._rx = b""
 
     def _write(self, payload: bytes, *, flush: bool) -> None:
         assert self._ser is not None

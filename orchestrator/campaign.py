@@ -19,80 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import CampaignFileError
 from orchestrator.lab_config import AnalysisSpec, InstrumentSpec, ProcedureSpec
+from orchestrator.parameters import (  # noqa: F401 - re-exported: campaign files are built from these
+    MAX_ABS_BOUND,
+    NAME_PATTERN,
+    CategoricalParameter,
+    ContinuousParameter,
+    DiscreteParameter,
+    IntegerParameter,
+    Parameter,
+)
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CAMPAIGN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# Far beyond any physical knob, small enough that (high - low) stays finite and well conditioned.
-MAX_ABS_BOUND = 1e12
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ContinuousParameter(_Strict):
-    """A real-valued knob within ``[low, high]`` (e.g. ``anneal_temp_c``)."""
-
-    type: Literal["continuous"] = "continuous"
-    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Identifier used in procedures and outputs.")]
-    low: float
-    high: float
-    unit: str | None = Field(None, description="Unit of the value, e.g. degC, min, mol/L.")
-    log_scale: bool = Field(False, description="Search in log space (for knobs spanning decades).")
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> "ContinuousParameter":
-        _check_bound_pair(self.low, self.high)
-        if self.log_scale and self.low <= 0:
-            raise ValueError(f"log_scale needs low > 0, got low={self.low}; set log_scale: false or raise low")
-        return self
-
-
-class IntegerParameter(_Strict):
-    """A whole-number knob within ``[low, high]`` inclusive (e.g. number of spin-coating layers)."""
-
-    type: Literal["integer"]
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    low: int
-    high: int
-    unit: str | None = None
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> "IntegerParameter":
-        _check_bound_pair(self.low, self.high)
-        return self
-
-
-class CategoricalParameter(_Strict):
-    """A choice among named options (e.g. the antisolvent)."""
-
-    type: Literal["categorical"]
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    choices: Annotated[list[str], Field(min_length=2)]
-    description: str = ""
-
-    @field_validator("choices")
-    @classmethod
-    def _unique(cls, choices: list[str]) -> list[str]:
-        dupes = sorted({c for c in choices if choices.count(c) > 1})
-        if dupes:
-            raise ValueError(f"choices must be unique; repeated: {', '.join(dupes)}")
-        return choices
-
-
-Parameter = Annotated[
-    Union[ContinuousParameter, IntegerParameter, CategoricalParameter], Field(discriminator="type")
-]
-
-
-def _check_bound_pair(low: float, high: float) -> None:
-    for label, value in (("low", low), ("high", high)):
-        if not math.isfinite(value) or abs(value) > MAX_ABS_BOUND:
-            raise ValueError(f"{label}={value} is not a usable bound; use a finite number within ±{MAX_ABS_BOUND:g}")
-    if not low < high:
-        raise ValueError(f"low ({low}) must be below high ({high}); swap them or widen the range")
 
 
 class Outcome(_Strict):
@@ -116,6 +57,11 @@ class Objective(_Strict):
     tolerance: Annotated[float | None, Field(gt=0)] = None
     weight: Annotated[float, Field(gt=0)] = 1.0
     scale: Annotated[float | None, Field(gt=0, description="Typical spread of the outcome, for weighting.")] = None
+    reference: float | None = Field(
+        None,
+        description="Pareto mode: the worst value of the outcome still worth anything (hypervolume reference); "
+        "inferred from the data when absent.",
+    )
 
     @model_validator(mode="after")
     def _target_fields(self) -> "Objective":
@@ -129,11 +75,49 @@ class Objective(_Strict):
         return self
 
 
+class OutcomeConstraint(_Strict):
+    """A bound a measured outcome must meet for an experiment to count ("film coverage >= 0.9").
+
+    The outcome is modelled; the acquisition weights each candidate by its probability of meeting the bound.
+    """
+
+    outcome: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> "OutcomeConstraint":
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both (e.g. {outcome: coverage, min: 0.9})")
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class Composition(_Strict):
+    """Continuous parameters that are fractions of one whole: they sum to ``total`` (a simplex).
+
+    Each component's own ``low``/``high`` bound it; proposals lie on the simplex exactly.
+    """
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    components: Annotated[list[str], Field(min_length=2)]
+    total: Annotated[float, Field(gt=0)] = 1.0
+
+
 class Budget(_Strict):
     """How many experiments the campaign may use and how they are grouped."""
 
     max_experiments: Annotated[int, Field(ge=1, le=100_000)]
     batch_size: Annotated[int, Field(ge=1, le=64)] = 1
+    asynchronous: bool = Field(
+        False,
+        description="Propose for each instrument slot as soon as it frees up (running experiments as pending "
+        "points), instead of waiting for the whole batch.",
+    )
     initial_experiments: Annotated[
         int | None, Field(ge=1, description="Size of the Sobol design before the GP takes over (default: 2*d, at least 4).")
     ] = None
@@ -171,6 +155,11 @@ class OptimizerSettings(_Strict):
     """Knobs of the proposer; the defaults suit campaigns of up to a few hundred experiments."""
 
     acquisition: Literal["qLogNEI", "qLogEI"] = "qLogNEI"
+    multi_objective: Literal["weighted", "pareto"] = Field(
+        "weighted",
+        description="With several objectives: 'weighted' maximizes their weighted sum; 'pareto' searches the "
+        "trade-off front (qLogNEHVI).",
+    )
     num_restarts: Annotated[int, Field(ge=1, le=64)] = 6
     raw_samples: Annotated[int, Field(ge=16, le=8192)] = 256
     mc_samples: Annotated[int, Field(ge=16, le=4096)] = 128
@@ -184,6 +173,11 @@ class Campaign(_Strict):
     parameters: Annotated[list[Parameter], Field(min_length=1, max_length=100)]
     outcomes: Annotated[list[Outcome], Field(min_length=1, max_length=50)]
     objectives: Annotated[list[Objective], Field(min_length=1)]
+    outcome_constraints: list[OutcomeConstraint] = Field(default_factory=list)
+    compositions: list[Composition] = Field(default_factory=list)
+    constraints: list[str] = Field(
+        default_factory=list, description="Linear constraints between parameters, e.g. '0.2*cs_frac + br_frac <= 0.6'."
+    )
     budget: Budget
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     optimizer: OptimizerSettings = OptimizerSettings()
@@ -246,6 +240,17 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
         elif obj.outcome in used:
             problems.append((("objectives", i, "outcome"), f"'{obj.outcome}' already has an objective; give one per outcome"))
         used.add(obj.outcome)
+    for i, oc in enumerate(c.outcome_constraints):
+        if oc.outcome not in outcome_names:
+            problems.append(
+                (("outcome_constraints", i, "outcome"), f"'{oc.outcome}' is not an outcome; choose one of: {', '.join(outcome_names)}")
+            )
+    if c.optimizer.multi_objective == "pareto" and len(c.objectives) < 2:
+        problems.append((("optimizer", "multi_objective"), "'pareto' needs at least two objectives"))
+    if c.compositions or c.constraints:
+        from orchestrator.constraints import constraint_problems  # local: keeps this module about the models
+
+        problems.extend(constraint_problems(c))
     b = c.budget
     if b.initial_experiments is not None and b.initial_experiments > b.max_experiments:
         problems.append(
@@ -308,7 +313,7 @@ def describe_validation_error(exc: ValidationError, source: Any) -> list[str]:
     return lines
 
 
-_UNION_TAGS = {"continuous", "integer", "categorical"}
+_UNION_TAGS = {"continuous", "integer", "discrete", "categorical"}
 
 
 def _friendly(err: dict[str, Any]) -> str:
@@ -319,9 +324,9 @@ def _friendly(err: dict[str, Any]) -> str:
         return "required field is missing"
     if kind == "union_tag_invalid":
         tag = (err.get("ctx") or {}).get("tag")
-        return f"unknown parameter type {tag!r}; use continuous, integer or categorical"
+        return f"unknown parameter type {tag!r}; use continuous, integer, discrete or categorical"
     if kind == "union_tag_not_found":
-        return "parameter needs 'type': continuous, integer or categorical"
+        return "parameter needs 'type': continuous, integer, discrete or categorical"
     if kind == "string_pattern_mismatch":
         return f"{err.get('input')!r} is not a valid name; use letters, digits and underscores, not starting with a digit"
     return msg.removeprefix("Value error, ")

@@ -124,8 +124,14 @@ def run(
         ):
             runner = CampaignRunner(campaign, ledger, backend, None if quiet else ProgressPrinter(console))
             run_loop(runner)
+    from orchestrator.report import pareto_table
+
     with Ledger.for_campaign(campaign, results_dir) as ledger:
-        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=_no_backend)))
+        runner = CampaignRunner(campaign, ledger, simulator=_no_backend)
+        console.print(summary_table(runner))
+        front = pareto_table(runner)
+        if front is not None:
+            console.print(front)
 
 
 def _no_backend(conditions: object, rng: object) -> dict[str, float]:
@@ -168,7 +174,7 @@ def status(
     campaign = _load(campaign_file)
     from orchestrator.ledger import Ledger
     from orchestrator.loop import CampaignRunner
-    from orchestrator.report import ledger_table, summary_table
+    from orchestrator.report import ledger_table, pareto_table, summary_table
 
     path = results_dir / campaign.name / "ledger.sqlite"
     if not path.exists():
@@ -176,7 +182,11 @@ def status(
         raise typer.Exit(2)
     with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
         console.print(ledger_table(ledger, [o.name for o in campaign.outcomes], limit=last))
-        console.print(summary_table(CampaignRunner(campaign, ledger, simulator=_no_backend)))
+        runner = CampaignRunner(campaign, ledger, simulator=_no_backend)
+        console.print(summary_table(runner))
+        front = pareto_table(runner)
+        if front is not None:
+            console.print(front)
 
 
 @app.command()

@@ -49,7 +49,7 @@ class CampaignRunner:
         self.ledger = ledger
         self.simulator = simulator
         self.on_event = on_event
-        self.space = SearchSpace(tuple(campaign.parameters))
+        self.space = SearchSpace.from_campaign(campaign)
         self.outcome_names = [o.name for o in campaign.outcomes]
 
     # --- reading the ledger -------------------------------------------------------------------
@@ -90,10 +90,26 @@ class CampaignRunner:
         done = self.ledger.experiments(["completed"])
         if not done:
             return None
-        Y = torch.tensor([[e.outcomes[n] for n in self.outcome_names] for e in done], dtype=DTYPE)
-        scores = self.objective(Y)(Y)
-        i = int(torch.argmax(scores))
+        Y = self._outcomes(done)
+        objective = self.objective(Y)
+        scores = objective(Y)
+        # The best is the best that meets the outcome constraints, when any does.
+        ok = objective.feasible(Y)
+        ranked = torch.where(ok, scores, torch.full_like(scores, -torch.inf)) if ok.any() else scores
+        i = int(torch.argmax(ranked))
         return Best(done[i], float(scores[i]))
+
+    def pareto_front(self) -> list[Experiment]:
+        """Completed experiments that meet the outcome constraints and no other beats on every objective."""
+        done = self.ledger.experiments(["completed"])
+        if not done:
+            return []
+        Y = self._outcomes(done)
+        mask = self.objective(Y).pareto_mask(Y)
+        return [e for e, keep in zip(done, mask.tolist()) if keep]
+
+    def _outcomes(self, exps: list[Experiment]) -> torch.Tensor:
+        return torch.tensor([[e.outcomes[n] for n in self.outcome_names] for e in exps], dtype=DTYPE)
 
     # --- the steps ------------------------------------------------------------------------------
     def refit(self, obs: Observations) -> Surrogate | None:

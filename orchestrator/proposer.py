@@ -10,26 +10,30 @@ so the search keeps away from where films do not form.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.objective import GenericMCMultiOutputObjective
 from botorch.acquisition.objective import GenericMCObjective
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.optim import optimize_acqf, optimize_acqf_discrete
 from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 from botorch.sampling import SobolQMCNormalSampler
-from torch.quasirandom import SobolEngine
 
 from orchestrator.campaign import OptimizerSettings
 from orchestrator.errors import OrchestratorError
 from orchestrator.objectives import ScalarObjective
 from orchestrator.space import DTYPE, SearchSpace
 from orchestrator.surrogates import Surrogate, fit_surrogate
+from orchestrator.threads import single_threaded
 
 MAX_ENUMERATED_POINTS = 20_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,62 +97,103 @@ def propose(
         return Proposal(sobol_points(space, seed, start=obs.n_seen, count=q), "sobol")
     step_seed = (seed * 1_000_003 + obs.n_seen) % (2**31)
     obs, objective = modelled_view(obs, objective)
-    with torch.random.fork_rng():
+    with single_threaded(), torch.random.fork_rng():
         torch.manual_seed(step_seed)
         if surrogate is None:
-            surrogate = fit_surrogate(space, obs)
+            surrogate = fit_surrogate(space, obs, failed_outcomes(obs, objective))
         t0 = time.perf_counter()
-        acqf = _acquisition(surrogate, obs, objective, settings, step_seed)
-        X = _optimize(space, obs, acqf, q, settings)
+        try:
+            acqf = _acquisition(surrogate, obs, objective, settings, step_seed)
+            X = _optimize(space, obs, acqf, q, settings)
+        except (RuntimeError, ValueError) as exc:  # numerical trouble (LinAlgError, NotPSDError …)
+            # A campaign must not stop on a bad matrix: space-filling points are a safe, useful fallback.
+            log.warning("acquisition failed numerically (%s); proposing design points instead", exc)
+            X = space.initial_design(seed, start=obs.n_seen, count=q)
+            return Proposal(X, "sobol:fallback", {"fallback": str(exc)[:200]})
     info = {"fit_s": surrogate.fit_s, "acq_s": time.perf_counter() - t0, "n_train": int(obs.X.shape[0])}
-    return Proposal(X.detach(), f"gp:{settings.acquisition}", info)
+    return Proposal(X.detach(), "gp:qLogNEHVI" if objective.pareto else f"gp:{settings.acquisition}", info)
 
 
 def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observations, ScalarObjective]:
-    """Keeps only the outcomes some objective uses (``n x m'``), and re-indexes the objective to match.
+    """Keeps only the outcomes an objective or outcome constraint uses (``n x m'``), re-indexing to match.
 
-    Outcomes no objective mentions are still recorded in the ledger; fitting them would only cost time.
+    Outcomes nothing mentions are still recorded in the ledger; fitting them would only cost time.
     """
-    cols = sorted(set(objective.columns))
-    reindexed = dataclasses.replace(objective, columns=tuple(cols.index(k) for k in objective.columns))
+    cols = list(objective.all_columns)
+    reindexed = dataclasses.replace(
+        objective,
+        columns=tuple(cols.index(k) for k in objective.columns),
+        bounds=tuple((cols.index(k), lo, hi) for k, lo, hi in objective.bounds),
+    )
     return dataclasses.replace(obs, Y=obs.Y[:, cols]), reindexed
 
 
 def fit_for_objective(space: SearchSpace, obs: Observations, objective: ScalarObjective) -> Surrogate:
     """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``)."""
-    return fit_surrogate(space, modelled_view(obs, objective)[0])
+    view, reindexed = modelled_view(obs, objective)
+    with single_threaded():
+        return fit_surrogate(space, view, failed_outcomes(view, reindexed))
+
+
+def failed_outcomes(obs: Observations, objective: ScalarObjective) -> torch.Tensor | None:
+    """Outcomes the surrogates assume for failed experiments, ``f x m``: the worst value measured so far.
+
+    Worst in the objective's sense (the lowest of a maximized outcome, the highest of a minimized one, the
+    farthest from a target; for a constrained outcome the side that breaks the bound). The success model
+    says where failures happen; this makes the outcome models agree, so the acquisition sees no promise
+    in a failure region instead of extrapolating a rising trend into it. None when nothing failed.
+    """
+    if obs.X_failed.shape[0] == 0 or obs.Y.shape[0] == 0:
+        return None
+    worst = obs.Y.min(dim=0).values.clone()
+    for obj, k in zip(objective.objectives, objective.columns):
+        col = obs.Y[:, k]
+        if obj.goal == "minimize":
+            worst[k] = col.max()
+        elif obj.goal == "target":
+            worst[k] = col[(col - obj.target).abs().argmax()]
+    for k, lo, hi in objective.bounds:
+        if k not in objective.columns:
+            worst[k] = obs.Y[:, k].min() if lo is not None else obs.Y[:, k].max()
+    return worst.expand(obs.X_failed.shape[0], -1).clone()
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:
-    """Points ``start .. start+count-1`` of the campaign's scrambled Sobol design, ``count x d``."""
-    engine = SobolEngine(space.dim, scramble=True, seed=seed)
-    U = engine.draw(start + count, dtype=DTYPE)[start:]
-    return space.from_unit_cube(U)
+    """Points ``start .. start+count-1`` of the campaign's space-filling design (see ``initial_design``)."""
+    return space.initial_design(seed, start, count)
 
 
 def _acquisition(surrogate: Surrogate, obs: Observations, objective: ScalarObjective, settings, seed: int):
     m = obs.Y.shape[-1]
-    mc_objective = GenericMCObjective(lambda Z, X=None: objective(Z[..., :m]))
-    constraints = None
+    constraints = []
     if surrogate.has_feasibility:
         # Feasible where the success model predicts more than 1/2; botorch wants c(Z) <= 0.
-        constraints = [lambda Z: 0.5 - Z[..., m]]
+        constraints.append(lambda Z: 0.5 - Z[..., m])
+    for k, lo, hi in objective.bounds:
+        if lo is not None:
+            constraints.append(lambda Z, k=k, lo=lo: lo - Z[..., k])
+        if hi is not None:
+            constraints.append(lambda Z, k=k, hi=hi: Z[..., k] - hi)
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([settings.mc_samples]), seed=seed)
     X_pending = obs.X_pending if obs.X_pending.shape[0] else None
-    if settings.acquisition == "qLogEI":
-        best = objective(obs.Y).max()
-        return qLogExpectedImprovement(
-            surrogate.model, best_f=best, sampler=sampler, objective=mc_objective, constraints=constraints, X_pending=X_pending
-        )
     baseline = torch.cat([obs.X, obs.X_failed]) if surrogate.has_feasibility else obs.X
+    common = dict(sampler=sampler, constraints=constraints or None, X_pending=X_pending)
+    if objective.pareto:
+        return qLogNoisyExpectedHypervolumeImprovement(
+            surrogate.model,
+            ref_point=objective.reference_point(obs.Y),
+            X_baseline=baseline,
+            objective=GenericMCMultiOutputObjective(lambda Z, X=None: objective.terms(Z[..., :m])),
+            prune_baseline=True,
+            **common,
+        )
+    mc_objective = GenericMCObjective(lambda Z, X=None: objective(Z[..., :m]))
+    if settings.acquisition == "qLogEI":
+        ok = objective.feasible(obs.Y)
+        best = objective(obs.Y)[ok].max() if ok.any() else objective(obs.Y).min()
+        return qLogExpectedImprovement(surrogate.model, best_f=best, objective=mc_objective, **common)
     return qLogNoisyExpectedImprovement(
-        surrogate.model,
-        X_baseline=baseline,
-        sampler=sampler,
-        objective=mc_objective,
-        constraints=constraints,
-        X_pending=X_pending,
-        prune_baseline=True,
+        surrogate.model, X_baseline=baseline, objective=mc_objective, prune_baseline=True, **common
     )
 
 
@@ -162,6 +207,8 @@ def _optimize(space: SearchSpace, obs: Observations, acqf, q: int, settings: Opt
 
 def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, settings: OptimizerSettings) -> torch.Tensor:
     bounds = space.bounds()
+    ineq, eq = space.botorch_constraints()
+    constraints = {"inequality_constraints": ineq or None, "equality_constraints": eq or None}
     n_points = space.n_combinations()
     if n_points is not None and n_points <= MAX_ENUMERATED_POINTS:
         choices = _untried(space.all_points(), torch.cat([obs.X, obs.X_failed, obs.X_pending]))
@@ -169,8 +216,8 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
             raise ProposerError(f"only {choices.shape[0]} untried points remain in this discrete space; lower the budget")
         X, _ = optimize_acqf_discrete(acqf, q=q, choices=choices, unique=True)
         return X
-    if space.int_dims or space.cat_dims:
-        discrete = {i: space.discrete_values()[i] for i in space.int_dims}
+    if space.int_dims or space.cat_dims or space.disc_dims:
+        discrete = {i: space.discrete_values()[i] for i in space.int_dims + space.disc_dims}
         cats = {i: space.discrete_values()[i] for i in space.cat_dims}
         X, _ = optimize_acqf_mixed_alternating(
             acqf,
@@ -183,6 +230,7 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
             # 16 alternating rounds instead of botorch's 64: the acquisition value stops improving after a
             # handful, and each round costs hundreds of posterior evaluations.
             options={"maxiter_alternating": 16},
+            **constraints,
         )
         return X
     X, _ = optimize_acqf(
@@ -192,6 +240,7 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
         num_restarts=settings.num_restarts,
         raw_samples=settings.raw_samples,
         options={"batch_limit": settings.num_restarts, "maxiter": 200},
+        **constraints,
     )
     return X
 

@@ -89,3 +89,21 @@ def ledger_table(ledger: Ledger, outcome_names: list[str], limit: int | None = N
             str(e.id), str(e.batch), f"[{colours[e.state]}]{e.state}[/]", e.generator, conds, *outs, e.error or ""
         )
     return table
+
+
+def pareto_table(runner: "CampaignRunner") -> Table | None:
+    """The current Pareto front (campaigns with several objectives), or None."""
+    if len(runner.campaign.objectives) < 2:
+        return None
+    front = runner.pareto_front()
+    names = [o.outcome for o in runner.campaign.objectives]
+    goals = {o.outcome: o.goal if o.goal != "target" else f"target {o.target:g}" for o in runner.campaign.objectives}
+    table = Table(title=f"Pareto front: {len(front)} experiment(s)", show_header=True, header_style="bold")
+    table.add_column("id")
+    for n in names:
+        table.add_column(f"{n} ({goals[n]})")
+    table.add_column("conditions", overflow="fold")
+    for e in sorted(front, key=lambda x: (x.outcomes or {}).get(names[0], 0.0)):
+        conds = ", ".join(f"{k}={fmt(v)}" for k, v in e.conditions.items())
+        table.add_row(str(e.id), *(fmt((e.outcomes or {})[n]) for n in names), conds)
+    return table

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from orchestrator.errors import SimulatorError
+from orchestrator.threads import single_threaded  # noqa: F401 - re-exported for the simulators
 
 __all__ = ["Simulator", "check_conditions", "non_negative_option", "single_threaded", "strict_options"]
 
@@ -139,24 +140,3 @@ def check_conditions(
     return checked
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run BLAS and torch on one thread inside the block, restoring the caller's settings afterwards.
-
-    The numerical work here is small (GPs on a few hundred rows, 5-D polishes): threads gain nothing, and on a
-    loaded 2-core machine their spin-waiting made it 10-30x slower (measured: a suzuki GP fit 0.4 s on one
-    thread vs 8 s on two; best_pl_intensity 0.2 s vs 6.6 s).
-    """
-    with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits  # installed with scikit-learn, which gpytorch requires
-        except ImportError:  # pragma: no cover - only slower without it
-            pass
-        else:
-            stack.enter_context(threadpool_limits(limits=1))
-        torch = sys.modules.get("torch")  # only if already imported: the perovskite model never needs torch
-        if torch is not None:
-            previous = torch.get_num_threads()
-            torch.set_num_threads(1)
-            stack.callback(torch.set_num_threads, previous)
-        yield

@@ -44,3 +44,26 @@ def plate_sample(events):
     """Sample model for ``plate_film``: the film saw the hotplate's last set point."""
     setpoints = [e.data["setpoint_c"] for e in events if e.kind == "heater" and e.data.get("on")]
     return {"temp_c": setpoints[-1] if setpoints else 22.0}
+
+
+def two_goals(conditions, rng):
+    """Two conflicting objectives on [0, 1]^2: strength peaks at x=0.2, clarity at x=0.8; y helps both."""
+    x, y = conditions["x"], conditions["y"]
+    return {
+        "strength": 1.0 - (x - 0.2) ** 2 + 0.3 * y + 0.01 * float(rng.normal()),
+        "clarity": 1.0 - (x - 0.8) ** 2 + 0.3 * y + 0.01 * float(rng.normal()),
+    }
+
+
+def covered(conditions, rng):
+    """Score rises with x, but film coverage drops below 0.9 once x > 0.6: the best usable x is 0.6."""
+    x, y = conditions["x"], conditions["y"]
+    return {"score": x - 0.2 * (y - 0.5) ** 2, "coverage": 1.0 - max(0.0, x - 0.55) * 2.0}
+
+
+def cliff(conditions, rng):
+    """Score rises with x; films fail to form for x > 0.6."""
+    x, y = conditions["x"], conditions["y"]
+    if x > 0.6:
+        raise ExperimentFailed("film delaminated (x > 0.6)")
+    return {"score": x - 0.3 * (y - 0.5) ** 2 + 0.005 * float(rng.normal())}

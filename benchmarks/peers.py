@@ -1,0 +1,251 @@
+"""This project's Bayesian-optimization proposer against Ax and BayBE: same problems, budgets, seeds and noise.
+
+Tools (each with its defaults; adapters in ``benchmarks/peers/peer_tools.py``):
+
+- ``ours``: the orchestrator's ``CampaignRunner`` on an in-memory ``Ledger`` (campaign defaults: Sobol design of
+  2 per parameter, at least 4, then GP + qLogNEI; failed experiments train a success model).
+- ``ax``: Ax 1.3 ``Client`` with the default generation strategy (center point + Sobol, 5 trials in all, then
+  the modular BoTorch GP); failed experiments are ``mark_trial_failed``.
+- ``baybe``: BayBE 0.15 ``Campaign`` with the default ``TwoPhaseMetaRecommender`` (1 random point, then
+  ``BotorchRecommender``); failed experiments are not added (a numerical target accepts no missing value).
+
+Problems (``benchmarks/peers/peer_problems.py``; "truth" is the noise-free response):
+
+- ``hartmann6``: minimize Hartmann-6 on [0, 1]^6 (botorch ``Hartmann``), noise sd 0.05; optimum -3.3224,
+  worst 0 (H < 0 everywhere and tends to 0 away from its bumps).
+- ``branin``: minimize Branin on [-5, 10] x [0, 15], noise sd 0.1; optimum 0.3979, worst = its maximum
+  (~308), so 95 % progress is already "Branin <= ~15.8": exp@95 is coarse here, read the best value.
+- ``perovskite``: maximize ``pl_intensity`` of ``simulators.perovskite_film`` (5 continuous + 1 categorical,
+  5 % log-normal noise, films fail in parts of the space); optimum ``best_pl_intensity()``, worst 0.
+- ``suzuki``: maximize yield of the GP emulator of the recorded Suzuki dataset (4 continuous, fitted once
+  with seed 0, emulator noise); optimum ``simulators.datasets.best_value``, worst = worst recorded row.
+- ``photo_pce10``: minimize degradation of the photo_pce10 emulator, 4 fractions on a simplex (sum = 1).
+  Ax: a core ``ParameterConstraint(equality="mat_1 + ... + mat_4 == 1")`` set through ``Client.set_experiment``
+  (``configure_experiment`` parses inequalities only). BayBE: ``SubspaceContinuous`` with a
+  ``ContinuousLinearConstraint(operator="=")``. Ours: a ``compositions:`` entry when the campaign schema and
+  proposer support it (checked at run time); until then the four fractions are free in [0, 1] and the
+  driver scales each proposal onto the simplex (x / sum x) before measuring; such rows say "pending simplex
+  support". A proposal off the simplex by more than 1e-4 counts as a failed experiment.
+- ``perovskites``: the 192 recorded HSE06 band gaps (3 categoricals, exact lookup, no noise); bring the gap to
+  1.4 eV, as ``campaigns/perovskite_bandgap_lookup.yaml`` does. Score = ``|gap - 1.4|`` (minimized); optimum
+  and worst = smallest and largest of the 192. Ours: ``goal: target`` (models the gap); BayBE:
+  ``NumericalTarget.match_absolute`` (models the gap); Ax: its objective must be linear in metrics, so it is
+  told and models ``|gap - 1.4|`` directly.
+
+Settings: ``sequential`` (q = 1), ``batch`` (q = ``--q``, default 4, same total budget) and ``async`` (4
+simulated workers of different speeds, one proposal per free worker with the running ones pending); the exact
+schedules are in ``benchmarks/peers/peer_driver.py``. Experiment k of seed s draws its noise from
+``default_rng([s, k])`` for every tool.
+
+Figures (per setting, problem and tool, over seeds):
+
+- ``best``: the best SCORE (noise-free truth of the conditions tried, never the noisy measurement) after the
+  budget: median [25th, 75th percentile]. Failed experiments score nothing but use up budget.
+- ``progress``: ``(best - worst) / (optimum - worst)``, 0 at the worst reference and 1 at the optimum for both
+  directions (the formula of ``benchmarks/bo_vs_sobol.py``); the median is shown.
+- ``exp@95``: experiments (failed ones included, in the order results came in) until progress first reached
+  ``--threshold`` (0.95); median over seeds, a run that never reaches it counts as infinitely many, so
+  ``>N`` means the median run did not get there; ``reached`` = seeds that did.
+- ``fail``: median number of experiments per run that failed (film did not form, off the simplex).
+- ``s/prop``: median wall seconds of one model-based "give me the next point(s)" call (ours:
+  ``observations`` + ``refit`` + ``propose`` from the ledger; Ax: ``get_next_trials``, including the GP fit
+  it does there; BayBE: ``recommend``, including its fit), over all such calls of all seeds. Calls of the
+  initial design (Sobol / center / random) are left out; their count differs by tool (``#prop`` gives the
+  model-based ones). In ``batch`` one call proposes q points.
+- ``s/obs``: median wall seconds to hand over one result (ours: one ledger commit; Ax: ``complete_trial`` /
+  ``mark_trial_failed``; BayBE: ``add_measurements`` of one row). ``s/run``: median wall seconds of a run.
+
+All timings are on one torch thread per process (``torch.set_num_threads(1)``). Raw per-experiment numbers
+go to ``--out`` (default ``benchmarks/out/peers.json``). Run ``python benchmarks/peers.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "peers")]
+
+from peer_driver import limit_threads, run_job, score_run  # noqa: E402
+from peer_problems import PROBLEMS, get_problem  # noqa: E402
+from peer_tools import TOOLS, available  # noqa: E402
+
+SETTINGS = ("sequential", "batch", "async")
+QUICK_PROBLEMS = ("branin", "perovskites")
+COST = {"ax": 3, "baybe": 2, "ours": 1}  # slowest first, so parallel workers finish together
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q25, q50, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q25), float(q50), float(q75)
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
+
+
+def summarize(runs: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+    """Per-cell figures (see the module docstring) from the scored runs of one setting, problem and tool."""
+    scores = [r["score"] for r in runs]
+    bests = [s["best"] if s["best"] is not None else info["worst"] for s in scores]
+    reaches = [s["exp_to_threshold"] if s["exp_to_threshold"] is not None else float("inf") for s in scores]
+    model_asks = [a["s"] for r in runs for a in r["asks"] if a["model"]]
+    notes = sorted({r["note"] for r in runs if r.get("note")})
+    if any(r.get("short_asks") for r in runs):
+        notes.append(f"{sum(r['short_asks'] for r in runs)} asks returned fewer points than asked")
+    if any(r.get("clipped") for r in runs):
+        notes.append(f"{sum(r['clipped'] for r in runs)} proposals clipped into bounds")
+    return {"best_q": quartiles(bests), "progress_median": float(np.median([s["progress"] for s in scores])),
+            "reach_median": float(np.median(reaches)), "n_reached": int(np.isfinite(reaches).sum()),
+            "n": len(runs), "failed_median": float(np.median([s["failed"] for s in scores])),
+            "ask_s_model": _median(model_asks), "n_model_asks": len(model_asks),
+            "tell_s": _median([t for r in runs for t in r["tell_s"]]),
+            "wall_s_median": float(np.median([r["wall_s"] for r in runs])), "notes": notes}
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(setting: str, results: dict[str, Any], budget_of: dict[str, int], q: int, threshold: float,
+          ours_initial: int | None = None) -> str:
+    """One table per setting: rows problem x tool."""
+    head = {"sequential": "sequential (q = 1)", "batch": f"batch (q = {q})",
+            "async": "asynchronous (4 workers, one proposal per free worker)"}[setting]
+    lines = [f"== {head} ==  best = NOISE-FREE score after the budget, median [IQR]; "
+             f"exp@{threshold * 100:.0f} = median experiments until progress >= {threshold}",
+             f"{'problem':12} {'goal':4} {'budget':>6} {'optimum':>9} {'worst':>8} {'tool':6} "
+             f"{'best median [IQR]':>31} {'progr':>6} {'exp@' + format(threshold * 100, '.0f'):>6} {'reached':>7} "
+             f"{'fail':>5} {'s/prop':>7} {'#prop':>6} {'s/obs':>7} {'s/run':>6}"]
+    notes = []
+    for problem, entry in results.items():
+        info, budget = entry["info"], budget_of[problem]
+        for tool in TOOLS:
+            s = entry["summary"].get(setting, {}).get(tool)
+            if s is None:
+                continue
+            q25, q50, q75 = s["best_q"]
+            reach = f">{budget}" if not np.isfinite(s["reach_median"]) else f"{s['reach_median']:.0f}"
+            best = f"{q50:.4g} [{q25:.4g}, {q75:.4g}]"
+            lines.append(f"{problem:12} {info['score_goal'][:3]:4} {budget:>6} {info['optimum']:9.4g} "
+                         f"{info['worst']:8.4g} {tool:6} {best:>31} {s['progress_median']:6.3f} {reach:>6} "
+                         f"{s['n_reached']:>3}/{s['n']:<3} {s['failed_median']:5.1f} {_fmt(s['ask_s_model'], '7.2f')} "
+                         f"{s['n_model_asks']:>6} {_fmt(s['tell_s'], '7.4f')} {s['wall_s_median']:6.1f}")
+            notes += [f"  {problem}/{tool}: {n}" for n in s["notes"]]
+    if ours_initial is not None:
+        notes.append(f"  ours: initial design of {ours_initial} experiments (--ours-initial), not the campaign default")
+    return "\n".join(lines + (["notes:"] + notes if notes else []))
+
+
+class _Inline:
+    """A one-process stand-in for ``Pool`` (``--workers 1``, the default: the machine is shared)."""
+
+    def __enter__(self):
+        limit_threads()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, fn, tasks):
+        return map(fn, tasks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Definitions of every figure: see the module docstring.")
+    ap.add_argument("--problems", nargs="+", choices=PROBLEMS, default=list(PROBLEMS))
+    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, default=10, help="seeds per cell (default 10)")
+    ap.add_argument("--budget", type=int, default=None, help="experiments per run (default: per problem, 30)")
+    ap.add_argument("--q", type=int, default=4, help="batch size of the batch setting (default 4)")
+    ap.add_argument("--async-workers", type=int, default=4, help="simulated workers of the async setting")
+    ap.add_argument("--ours-initial", type=int, default=None,
+                    help="design size of ours (default: the campaign default, 2 per parameter, at least 4)")
+    ap.add_argument("--threshold", type=float, default=0.95, help="progress threshold of exp@ (default 0.95)")
+    ap.add_argument("--workers", type=int, default=1, help="processes over jobs, 1 torch thread each (default 1)")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: 2 seeds, budget 12, {' '.join(QUICK_PROBLEMS)}")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "peers.json", help="JSON file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.budget = 2, 12
+        if args.problems == list(PROBLEMS):
+            args.problems = list(QUICK_PROBLEMS)
+    if args.seeds < 1 or (args.budget is not None and args.budget < 2) or args.q < 1:
+        ap.error("need --seeds >= 1, --budget >= 2 and --q >= 1")
+    tools = []
+    for tool in args.tools:
+        why = available(tool)
+        if why:
+            print(why, flush=True)
+        else:
+            tools.append(tool)
+    limit_threads()
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    budget_of: dict[str, int] = {}
+    for p in args.problems:
+        info = get_problem(p).info()
+        budget_of[p] = args.budget or info["budget"]
+        results[p] = {"info": info, "runs": []}
+        log(f"{p}: {info['score_goal']} score, optimum {info['optimum']:.4g}, worst {info['worst']:.4g} "
+            f"({info['worst_is']}); noise {info['noise']}")
+    jobs = sorted(((t, p, s, seed, budget_of[p], args.q, args.async_workers, args.ours_initial)
+                   for p in args.problems for s in args.settings for t in tools for seed in range(args.seeds)),
+                  key=lambda j: (-COST[j[0]], j[1], j[2], j[3]))
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=limit_threads) if args.workers > 1 else _Inline() as pool:
+        for k, run in enumerate(pool.imap_unordered(run_job, jobs), 1):
+            info = results[run["problem"]]["info"]
+            run["score"] = score_run(run, info, args.threshold)
+            results[run["problem"]]["runs"].append(run)
+            b = run["score"]["best"]
+            log(f"[{k}/{len(jobs)}] {run['problem']} {run['setting']} {run['tool']} seed {run['seed']}: best "
+                f"{'none' if b is None else f'{b:.4g}'}, exp@ {run['score']['exp_to_threshold']}, "
+                f"{run['wall_s']:.1f} s (elapsed {time.perf_counter() - t0:.0f} s)")
+    for entry in results.values():
+        entry["runs"].sort(key=lambda r: (r["setting"], r["tool"], r["seed"]))
+        entry["summary"] = {s: {t: summarize(rs, entry["info"]) for t in tools
+                                if (rs := [r for r in entry["runs"] if r["setting"] == s and r["tool"] == t])}
+                            for s in args.settings}
+    for s in args.settings:
+        print("\n" + table(s, results, budget_of, args.q, args.threshold, args.ours_initial), flush=True)
+    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "tools_run": tools, "versions": _versions(tools), "results": results,
+              "wall_s": time.perf_counter() - t0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=float))
+    print(f"\ntotal wall time {report['wall_s']:.0f} s; raw numbers in {args.out}", flush=True)
+    return 0
+
+
+def _versions(tools: list[str]) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ["torch", "botorch", "gpytorch"] + [{"ax": "ax-platform", "baybe": "baybe"}[t] for t in tools
+                                                   if t != "ours"]:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "?"
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Real search spaces: compositions on a simplex, linear constraints, discrete values; every proposal legal."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from orchestrator.campaign import Campaign, load_campaign
+from orchestrator.constraints import parse_constraint
+from orchestrator.errors import CampaignFileError
+from orchestrator.objectives import ScalarObjective
+from orchestrator.proposer import Observations, propose
+from orchestrator.space import DTYPE, SearchSpace
+
+SPACE = {
+    "name": "alloy",
+    "parameters": [
+        {"name": "cs", "type": "continuous", "low": 0.0, "high": 0.3},
+        {"name": "fa", "type": "continuous", "low": 0.2, "high": 1.0},
+        {"name": "ma", "type": "continuous", "low": 0.0, "high": 0.5},
+        {"name": "br", "type": "continuous", "low": 0.0, "high": 0.6},
+        {"name": "anneal_temp_c", "type": "discrete", "low": 100, "high": 150, "step": 5},
+        {"name": "solvent", "type": "categorical", "choices": ["dmf", "dmso"]},
+    ],
+    "compositions": [{"name": "a_site", "components": ["cs", "fa", "ma"]}],
+    "constraints": ["0.5*cs + br <= 0.45"],
+    "outcomes": [{"name": "pl"}],
+    "objectives": [{"outcome": "pl", "goal": "maximize"}],
+    "budget": {"max_experiments": 20, "batch_size": 2, "initial_experiments": 6},
+    "simulator": {"model": "perovskite_film"},
+}
+
+
+def truth(c):
+    return -((c["cs"] - 0.15) ** 2) - (c["br"] - 0.3) ** 2 - ((c["anneal_temp_c"] - 135) / 100) ** 2 + (c["solvent"] == "dmso") * 0.05
+
+
+@pytest.fixture
+def campaign():
+    return Campaign.model_validate(copy.deepcopy(SPACE))
+
+
+def check_legal(space: SearchSpace, conditions: dict):
+    a = conditions["cs"] + conditions["fa"] + conditions["ma"]
+    assert abs(a - 1.0) <= 1e-9, f"off the simplex by {a - 1}"
+    assert 0.5 * conditions["cs"] + conditions["br"] <= 0.45 + 1e-7
+    for p in space.parameters:
+        v = conditions[p.name]
+        if p.type == "categorical":
+            assert v in p.choices
+        elif p.type == "discrete":
+            assert v in p.values
+        else:
+            assert p.low <= v <= p.high
+
+
+def test_initial_design_is_feasible_and_resumable(campaign):
+    space = SearchSpace.from_campaign(campaign)
+    X = space.initial_design(seed=3, start=0, count=12)
+    for c in space.decode(X):
+        check_legal(space, c)
+    assert torch.allclose(space.initial_design(seed=3, start=4, count=8), X[4:])
+    assert len({c["anneal_temp_c"] for c in space.decode(X)}) > 3
+
+
+def test_model_based_proposals_stay_on_the_simplex_and_within_constraints(campaign):
+    space = SearchSpace.from_campaign(campaign)
+    conds = space.decode(space.initial_design(seed=1, start=0, count=8))
+    X = space.encode(conds)
+    Y = torch.tensor([[truth(c)] for c in conds], dtype=DTYPE)
+    obs = Observations(X, Y, X[:0], X[:0])
+    for step in range(1):
+        p = propose(space, obs, ScalarObjective.from_campaign(campaign), q=2, seed=step, n_initial=6)
+        assert p.generator.startswith("gp:")
+        new = space.decode(p.X)
+        for c in new:
+            check_legal(space, c)
+        X2 = space.encode(new)
+        obs = Observations(torch.cat([obs.X, X2]), torch.cat([obs.Y, torch.tensor([[truth(c)] for c in new], dtype=DTYPE)]), X[:0], X[:0])
+
+
+def test_linear_constraint_parsing():
+    params = Campaign.model_validate(copy.deepcopy(SPACE)).parameters
+    c = parse_constraint("0.2*cs + br <= 0.6", params)
+    assert c.coefficients == pytest.approx({"cs": 0.2, "br": 1.0}) and c.op == "<=" and c.rhs == pytest.approx(0.6)
+    c = parse_constraint("2 * (cs - br) >= -0.1 + ma", params)
+    assert c.coefficients == pytest.approx({"cs": 2.0, "br": -2.0, "ma": -1.0}) and c.rhs == pytest.approx(-0.1)
+    for bad, msg in [
+        ("cs * br <= 0.1", "not linear"),
+        ("cs + zz <= 1", "'zz', which is not a parameter"),
+        ("cs <= br <= 1", "exactly one"),
+        ("cs + anneal_temp_c <= 1", "continuous parameter"),
+        ("__import__('os') <= 1", "not allowed"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_constraint(bad, params)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["constraints"].append("cs + br >= 5"), "no point within the parameters' bounds satisfies"),
+        (lambda d: d["compositions"][0]["components"].append("nope"), "'nope' is not a parameter"),
+        (lambda d: d["compositions"].append({"name": "b", "components": ["cs", "br"]}), "already part of composition a_site"),
+        (lambda d: d["compositions"][0]["components"].append("anneal_temp_c"), "must be continuous"),
+        (lambda d: d["constraints"].append("cs ** 2 <= 0.1"), "not linear"),
+        (lambda d: d["parameters"][4].update(step=7), "whole number"),
+        (lambda d: d["parameters"][5].update(descriptors={"dmf": {"bp": 153}}), "missing: dmso"),
+    ],
+)
+def test_bad_spaces_are_refused_at_load_naming_the_field(write_campaign, change, message):
+    data = copy.deepcopy(SPACE)
+    change(data)
+    with pytest.raises(CampaignFileError) as info:
+        load_campaign(write_campaign(data))
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_discrete_values_round_trip():
+    space = SearchSpace.from_campaign(Campaign.model_validate(copy.deepcopy(SPACE)))
+    conds = [{"cs": 0.1, "fa": 0.6, "ma": 0.3, "br": 0.2, "anneal_temp_c": 135.0, "solvent": "dmso"}]
+    assert space.decode(space.encode(conds)) == conds
+    from orchestrator.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="not one of its values"):
+        space.encode([{**conds[0], "anneal_temp_c": 137.0}])

@@ -1,0 +1,118 @@
+"""Several objectives (Pareto), outcome constraints, failures and pending points, on checkable toy problems."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.campaign import Campaign
+from orchestrator.ledger import Ledger
+from orchestrator.loop import CampaignRunner, run_loop
+from orchestrator.objectives import ScalarObjective
+from orchestrator.proposer import Observations, propose
+from orchestrator.simulation import build_simulator
+from orchestrator.space import DTYPE, SearchSpace
+
+XY = [
+    {"name": "x", "type": "continuous", "low": 0.0, "high": 1.0},
+    {"name": "y", "type": "continuous", "low": 0.0, "high": 1.0},
+]
+
+
+FAST = {"num_restarts": 2, "raw_samples": 64, "mc_samples": 64}
+
+
+def run(data: dict) -> tuple[Campaign, list, CampaignRunner]:
+    """Runs a campaign on an in-memory ledger; the returned runner reads the still-open ledger."""
+    data = {**data, "optimizer": {**FAST, **data.get("optimizer", {})}}
+    campaign = Campaign.model_validate(data)
+    ledger = Ledger(":memory:")
+    ledger.bind(campaign)
+    runner = CampaignRunner(campaign, ledger, build_simulator(campaign))
+    run_loop(runner)
+    return campaign, ledger.experiments(), runner
+
+
+def test_pareto_mode_proposes_by_hypervolume_and_reports_the_front():
+    campaign, exps, runner = run(
+        {
+            "name": "pareto",
+            "parameters": XY,
+            "outcomes": [{"name": "strength"}, {"name": "clarity"}],
+            "objectives": [{"outcome": "strength", "goal": "maximize"}, {"outcome": "clarity", "goal": "maximize"}],
+            "optimizer": {"multi_objective": "pareto"},
+            "budget": {"max_experiments": 12, "batch_size": 2, "initial_experiments": 6},
+            "simulator": {"model": "tests.toy_simulators:two_goals"},
+            "seed": 4,
+        }
+    )
+    assert {e.generator for e in exps[6:]} == {"gp:qLogNEHVI"}
+    front = runner.pareto_front()
+    assert len(front) >= 2
+    # Along the front, x lies between the two optima, and y is pushed up (it helps both objectives).
+    gp_front = [e for e in front if e.generator == "gp:qLogNEHVI"]
+    assert gp_front, "the model found front points"
+    assert all(0.1 <= e.conditions["x"] <= 0.9 for e in gp_front)
+    assert sum(e.conditions["y"] for e in exps[6:]) / 6 > 0.6
+
+
+def test_outcome_constraints_steer_proposals_into_the_feasible_region():
+    campaign, exps, runner = run(
+        {
+            "name": "covered",
+            "parameters": XY,
+            "outcomes": [{"name": "score"}, {"name": "coverage"}],
+            "objectives": [{"outcome": "score", "goal": "maximize"}],
+            "outcome_constraints": [{"outcome": "coverage", "min": 0.9}],
+            "budget": {"max_experiments": 16, "initial_experiments": 6},
+            "simulator": {"model": "tests.toy_simulators:covered"},
+            "seed": 1,
+        }
+    )
+    # The best usable score sits on the constraint's edge (x = 0.6, where coverage is 0.9): proposals should
+    # gather there, not wander into the low-coverage region where the score is higher still.
+    model = exps[6:]
+    near_feasible = [e for e in model if e.outcomes["coverage"] >= 0.85]
+    assert len(near_feasible) >= 8, [round(e.conditions["x"], 3) for e in model]
+    best = runner.best().experiment
+    assert best.outcomes["coverage"] >= 0.9
+    assert 0.5 <= best.conditions["x"] <= 0.6
+
+
+def test_failed_regions_are_learned_and_avoided():
+    campaign, exps, _ = run(
+        {
+            "name": "cliff",
+            "parameters": XY,
+            "outcomes": [{"name": "score"}],
+            "objectives": [{"outcome": "score", "goal": "maximize"}],
+            "budget": {"max_experiments": 18, "initial_experiments": 6},
+            "simulator": {"model": "tests.toy_simulators:cliff"},
+            "seed": 2,
+        }
+    )
+    design, model = exps[:6], exps[6:]
+    failed = sum(e.state == "failed" for e in model)
+    # 40 % of the square fails; a proposer that ignored failures would hug the edge and cross it often.
+    assert failed <= 3, f"{failed} of {len(model)} model proposals fell off the cliff"
+    best = max(e.outcomes["score"] for e in model if e.state == "completed")
+    assert best > max(e.outcomes["score"] for e in design if e.state == "completed"), "and it still improves"
+
+
+def test_pending_points_change_the_next_proposal():
+    campaign = Campaign.model_validate(
+        {
+            "name": "pending",
+            "parameters": XY,
+            "outcomes": [{"name": "score"}],
+            "objectives": [{"outcome": "score", "goal": "maximize"}],
+            "budget": {"max_experiments": 20},
+            "simulator": {"model": "tests.toy_simulators:cliff"},
+        }
+    )
+    space = SearchSpace.from_campaign(campaign)
+    X = space.initial_design(seed=0, start=0, count=8) * 0.6  # all in the safe region
+    Y = (X[:, :1] - 0.3 * (X[:, 1:] - 0.5) ** 2).to(DTYPE)
+    objective = ScalarObjective.from_campaign(campaign)
+    alone = propose(space, Observations(X, Y, X[:0], X[:0]), objective, q=1, seed=0, n_initial=4).X
+    pending = propose(space, Observations(X, Y, X[:0], alone), objective, q=1, seed=0, n_initial=4).X
+    assert not torch.allclose(alone, pending, atol=1e-3), "a point already running is not proposed again"
