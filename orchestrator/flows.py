@@ -83,6 +83,7 @@ def campaign_flow(
         run_loop(
             runner,
             map_experiments=_prefect_map(runner),
+            submit=lambda exp_id: run_experiment_task.submit(runner, exp_id),
             refit=lambda obs: refit_task(runner, obs),
             propose_step=lambda obs, s, n: propose_task(runner, obs, s, n),
         )

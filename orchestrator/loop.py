@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,20 +207,31 @@ def threaded_map(max_workers: int) -> MapFn:
     return map_fn
 
 
+SubmitFn = Callable[[int], Any]  # experiment id → a future (concurrent or Prefect) of its Experiment
+
+
 def run_loop(
     runner: CampaignRunner,
     *,
     map_experiments: MapFn | None = None,
     refit: Callable[[Observations], Surrogate | None] | None = None,
     propose_step: Callable[[Observations, Surrogate | None, int], list[Experiment]] | None = None,
+    submit: SubmitFn | None = None,
 ) -> None:
     """Runs the campaign until its budget is used, resuming whatever the ledger left unfinished.
 
+    In batches by default: propose ``batch_size``, run them, wait for all, repeat. With
+    ``budget.asynchronous`` each of the ``batch_size`` slots gets a new proposal as soon as its experiment
+    finishes, the others still running counting as pending points (see :func:`run_async`).
+
     The step callables default to the runner's own methods; ``flows.py`` passes Prefect tasks instead.
     """
-    map_experiments = map_experiments or threaded_map(runner.concurrency)
     refit = refit or runner.refit
     propose_step = propose_step or runner.propose
+    if runner.campaign.budget.asynchronous and runner.concurrency > 1:
+        run_async(runner, refit=refit, propose_step=propose_step, submit=submit)
+        return
+    map_experiments = map_experiments or threaded_map(runner.concurrency)
     while True:
         todo = runner.unfinished()
         if not todo:
@@ -231,3 +242,40 @@ def run_loop(
             surrogate = refit(obs)
             todo = [e.id for e in propose_step(obs, surrogate, count)]
         map_experiments(runner.run_experiment, todo)
+
+
+def run_async(
+    runner: CampaignRunner,
+    *,
+    refit: Callable[[Observations], Surrogate | None],
+    propose_step: Callable[[Observations, Surrogate | None, int], list[Experiment]],
+    submit: SubmitFn | None = None,
+) -> None:
+    """Keeps every slot busy: whenever an experiment finishes, one new proposal takes its slot.
+
+    Running experiments are in the ledger as ``running``, so :meth:`CampaignRunner.observations` hands them
+    to the proposer as pending points (fantasies): the new proposal goes where the running ones do not.
+    """
+    slots = runner.concurrency
+    pool = ThreadPoolExecutor(max_workers=slots) if submit is None else None
+    start = submit or (lambda exp_id: pool.submit(runner.run_experiment, exp_id))  # type: ignore[union-attr]
+    running: dict[Any, int] = {}
+    try:
+        for exp_id in runner.unfinished():
+            running[start(exp_id)] = exp_id
+        while True:
+            while len(running) < slots and runner.remaining_budget() > 0:
+                obs = runner.observations()
+                (exp,) = propose_step(obs, refit(obs), 1)
+                running[start(exp.id)] = exp.id
+            if not running:
+                return
+            waitable = {getattr(f, "wrapped_future", f): f for f in running}
+            done, _ = wait(list(waitable), return_when=FIRST_COMPLETED)
+            for d in done:
+                future = waitable[d]
+                running.pop(future)
+                future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)

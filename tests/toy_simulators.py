@@ -67,3 +67,12 @@ def cliff(conditions, rng):
     if x > 0.6:
         raise ExperimentFailed("film delaminated (x > 0.6)")
     return {"score": x - 0.3 * (y - 0.5) ** 2 + 0.005 * float(rng.normal())}
+
+
+def uneven(conditions, rng):
+    """Instruments that take different times: 0.6 to 1.4 s per experiment (real sleeps, for async tests)."""
+    import time
+
+    time.sleep(0.6 + 0.8 * float(rng.random()))
+    x, y = conditions["x"], conditions["y"]
+    return {"score": -((x - 0.3) ** 2) - (y - 0.7) ** 2}

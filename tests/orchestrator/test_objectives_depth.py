@@ -116,3 +116,27 @@ def test_pending_points_change_the_next_proposal():
     alone = propose(space, Observations(X, Y, X[:0], X[:0]), objective, q=1, seed=0, n_initial=4).X
     pending = propose(space, Observations(X, Y, X[:0], alone), objective, q=1, seed=0, n_initial=4).X
     assert not torch.allclose(alone, pending, atol=1e-3), "a point already running is not proposed again"
+
+
+def test_asynchronous_slots_get_a_proposal_as_soon_as_they_free_up():
+    campaign, exps, _ = run(
+        {
+            "name": "async",
+            "parameters": XY,
+            "outcomes": [{"name": "score"}],
+            "objectives": [{"outcome": "score", "goal": "maximize"}],
+            "budget": {"max_experiments": 9, "batch_size": 3, "initial_experiments": 4, "asynchronous": True},
+            "simulator": {"model": "tests.toy_simulators:uneven"},
+            "seed": 5,
+        }
+    )
+    assert len(exps) == 9 and all(e.state == "completed" for e in exps)
+    assert len({e.batch for e in exps}) == 9, "one proposal at a time, not batches"
+    # After the first three, experiments were proposed while others were still running (with 0.6-1.4 s
+    # experiments and sub-second proposals, usually both other slots; the first model fit in a process is
+    # slower, so one proposal may find the other slots already idle).
+    busy = []
+    for e in exps[3:]:
+        busy.append(sum(1 for o in exps if o.id != e.id and o.started_at < e.proposed_at < o.finished_at))
+    assert sum(b >= 1 for b in busy) >= 3 and max(busy) == 2, busy
+    assert sum(e.generator.startswith("gp:") for e in exps) == 5
