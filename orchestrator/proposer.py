@@ -152,7 +152,7 @@ def failed_outcomes(obs: Observations, objective: ScalarObjective) -> torch.Tens
             worst[k] = col.max()
         elif obj.goal == "target":
             worst[k] = col[(col - obj.target).abs().argmax()]
-    for k, lo, hi in objective.bounds:
+    for k, lo, _hi in objective.bounds:
         if k not in objective.columns:
             worst[k] = obs.Y[:, k].min() if lo is not None else obs.Y[:, k].max()
     return worst.expand(obs.X_failed.shape[0], -1).clone()
@@ -176,25 +176,27 @@ def _acquisition(surrogate: Surrogate, obs: Observations, objective: ScalarObjec
             constraints.append(lambda Z, k=k, hi=hi: Z[..., k] - hi)
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([settings.mc_samples]), seed=seed)
     X_pending = obs.X_pending if obs.X_pending.shape[0] else None
-    baseline = torch.cat([obs.X, obs.X_failed]) if surrogate.has_feasibility else obs.X
     common = dict(sampler=sampler, constraints=constraints or None, X_pending=X_pending)
+    model = surrogate.model
+    baseline = torch.cat([obs.X, obs.X_failed]) if surrogate.has_feasibility else obs.X
     if objective.pareto:
-        return qLogNoisyExpectedHypervolumeImprovement(
-            surrogate.model,
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model,
             ref_point=objective.reference_point(obs.Y),
             X_baseline=baseline,
             objective=GenericMCMultiOutputObjective(lambda Z, X=None: objective.terms(Z[..., :m])),
             prune_baseline=True,
             **common,
         )
-    mc_objective = GenericMCObjective(lambda Z, X=None: objective(Z[..., :m]))
-    if settings.acquisition == "qLogEI":
+    elif settings.acquisition == "qLogEI":
         ok = objective.feasible(obs.Y)
         best = objective(obs.Y)[ok].max() if ok.any() else objective(obs.Y).min()
-        return qLogExpectedImprovement(surrogate.model, best_f=best, objective=mc_objective, **common)
-    return qLogNoisyExpectedImprovement(
-        surrogate.model, X_baseline=baseline, objective=mc_objective, prune_baseline=True, **common
-    )
+        mc_objective = GenericMCObjective(lambda Z, X=None: objective(Z[..., :m]))
+        acqf = qLogExpectedImprovement(model, best_f=best, objective=mc_objective, **common)
+    else:
+        mc_objective = GenericMCObjective(lambda Z, X=None: objective(Z[..., :m]))
+        acqf = qLogNoisyExpectedImprovement(model, X_baseline=baseline, objective=mc_objective, prune_baseline=True, **common)
+    return acqf
 
 
 def _optimize(space: SearchSpace, obs: Observations, acqf, q: int, settings: OptimizerSettings) -> torch.Tensor:

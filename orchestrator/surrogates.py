@@ -13,10 +13,10 @@ from botorch.exceptions.warnings import OptimizationWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import ModelListGP, SingleTaskGP
 from botorch.models.kernels.categorical import CategoricalKernel
-from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.input import ChainedInputTransform, InputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.kernels import Kernel, LinearKernel, ScaleKernel
+from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from orchestrator.space import SearchSpace
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 # L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
 # lets the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
 FIT_MAXITER = 200
-TREND = True
 
 
 @dataclass(frozen=True)
@@ -58,44 +57,74 @@ def fit_surrogate(space: SearchSpace, obs, failed_Y: torch.Tensor | None = None)
         success = torch.cat([torch.ones(obs.X.shape[0], 1), torch.zeros(obs.X_failed.shape[0], 1)]).to(X_all)
         # A GP regressed on 0/1 is a crude classifier, but its posterior is Gaussian, so the acquisition
         # can weight by P(success) through botorch's constraint machinery with no extra approximation.
-        models.append(_gp(space, X_all, success, standardize=False, trend=TREND))
+        models.append(_gp(space, X_all, success, standardize=False))
     for model in models:
         _fit(model)
     return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0)
 
 
-def _gp(
-    space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True, trend: bool = False
-) -> SingleTaskGP:
+def _gp(space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True) -> SingleTaskGP:
     bounds = space.bounds()
     ordinal = space.ordinal_dims
     # Categorical columns hold indices; the categorical kernel only compares them, so they stay raw.
     normalize = Normalize(d=space.dim, bounds=bounds, indices=ordinal) if ordinal else None
+    described = _descriptor_tables(space)
+    input_transform = normalize
+    if described:
+        features = DescriptorFeatures(described)
+        input_transform = ChainedInputTransform(normalize=normalize, features=features) if normalize else features
+    # Columns the RBF part sees: the ordinal ones, then the descriptor columns appended after the d inputs.
+    smooth = ordinal + list(range(space.dim, space.dim + sum(t.shape[1] for t in described.values())))
+    categorical = [i for i in space.cat_dims if i not in described]
     transform = Standardize(m=1) if standardize else None
-    kernel = _kernel(space)
-    if trend and ordinal:
-        # Success model: a linear part lets "films fail as x grows" extrapolate into corners no experiment has
-        # visited, where a stationary kernel would fall back to the average success rate and invite a try.
-        base = kernel if kernel is not None else get_covar_module_with_dim_scaled_prior(ard_num_dims=space.dim)
-        kernel = base + ScaleKernel(LinearKernel(active_dims=ordinal))
-    return SingleTaskGP(X, y, covar_module=kernel, input_transform=normalize, outcome_transform=transform)
+    kernel = _kernel(smooth, categorical)
+    return SingleTaskGP(X, y, covar_module=kernel, input_transform=input_transform, outcome_transform=transform)
 
 
-def _kernel(space: SearchSpace) -> Kernel | None:
-    """RBF (ARD) over ordinal columns times a categorical kernel over the categorical ones.
+def _descriptor_tables(space: SearchSpace) -> dict[int, torch.Tensor]:
+    """Column → ``k x p`` descriptor table scaled to [0, 1] per descriptor, for categoricals that have one."""
+    out = {}
+    for i in space.cat_dims:
+        p = space.parameters[i]
+        if getattr(p, "descriptors", None):
+            t = torch.tensor(p.descriptor_table(), dtype=torch.double)
+            lo, hi = t.min(dim=0).values, t.max(dim=0).values
+            out[i] = (t - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return out
+
+
+class DescriptorFeatures(InputTransform, torch.nn.Module):
+    """Appends each described categorical's descriptors (``k x p`` table rows) to the inputs: ``n x d`` →
+    ``n x (d + sum p)``. The kernel then compares choices by their descriptors, so data on one solvent
+    informs predictions for a similar one; the index column itself is left out of the kernels."""
+
+    def __init__(self, tables: dict[int, torch.Tensor]):
+        super().__init__()
+        self.transform_on_train = True
+        self.transform_on_eval = True
+        self.transform_on_fantasize = True
+        self.tables = tables
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        extra = []
+        for i, table in self.tables.items():
+            idx = X[..., i].round().long().clamp(0, table.shape[0] - 1)
+            extra.append(table.to(X)[idx])
+        return torch.cat([X, *extra], dim=-1)
+
+
+def _kernel(smooth: list[int], categorical: list[int]) -> Kernel | None:
+    """RBF (ARD) over the smooth columns times a categorical kernel over the categorical ones.
 
     Equivalent in what it can express to the product half of ``MixedSingleTaskGP``'s kernel; dropping
     its additive half makes a fit about 3x and a posterior about 2x faster (measured at 20-100 points,
     6 columns), which matters in the acquisition optimizer's inner loop.
     """
-    if not space.cat_dims:
-        return None  # botorch's default: RBF with dimension-scaled lengthscale prior
-    ordinal = space.ordinal_dims
-    cat = CategoricalKernel(ard_num_dims=len(space.cat_dims), active_dims=space.cat_dims)
-    if not ordinal:
-        return ScaleKernel(cat)
-    rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(ordinal), active_dims=ordinal)
-    return ScaleKernel(rbf * cat)
+    rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(smooth), active_dims=smooth) if smooth else None
+    if not categorical:
+        return rbf if rbf is None or max(smooth) >= len(smooth) else None  # all columns smooth: botorch's default
+    cat = CategoricalKernel(ard_num_dims=len(categorical), active_dims=categorical)
+    return ScaleKernel(cat) if rbf is None else ScaleKernel(rbf * cat)
 
 
 def _fit(model) -> None:

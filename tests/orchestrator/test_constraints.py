@@ -126,3 +126,48 @@ def test_discrete_values_round_trip():
 
     with pytest.raises(UserInputError, match="not one of its values"):
         space.encode([{**conds[0], "anneal_temp_c": 137.0}])
+
+
+def test_categorical_descriptors_let_the_model_generalize_to_an_untried_choice():
+    from orchestrator.surrogates import fit_surrogate
+
+    polarity = {"hexane": 0.0, "toluene": 0.1, "ethanol": 0.65, "water": 1.0}
+    base = {
+        "name": "solvents",
+        "parameters": [
+            {"name": "t", "type": "continuous", "low": 0.0, "high": 1.0},
+            {"name": "solvent", "type": "categorical", "choices": list(polarity)},
+        ],
+        "outcomes": [{"name": "y"}],
+        "objectives": [{"outcome": "y", "goal": "maximize"}],
+        "budget": {"max_experiments": 10},
+        "simulator": {"model": "perovskite_film"},
+    }
+    described = copy.deepcopy(base)
+    described["parameters"][1]["descriptors"] = {k: {"polarity": v} for k, v in polarity.items()}
+    tried = ["hexane", "ethanol", "water"]  # toluene (polarity 0.1, like hexane) is never tried
+    conds = [{"t": t, "solvent": s} for s in tried for t in (0.1, 0.4, 0.7, 1.0)]
+    y = torch.tensor([[5.0 * (1 - polarity[c["solvent"]]) + c["t"]] for c in conds], dtype=DTYPE)
+    query = [{"t": 0.5, "solvent": "toluene"}]
+    predictions = {}
+    for label, data in (("plain", base), ("described", described)):
+        space = SearchSpace.from_campaign(Campaign.model_validate(data))
+        X = space.encode(conds)
+        model = fit_surrogate(space, Observations(X, y, X[:0], X[:0])).model
+        predictions[label] = float(model.posterior(space.encode(query)).mean.squeeze())
+    truth_value = 5.0 * (1 - 0.1) + 0.5
+    assert abs(predictions["described"] - truth_value) < 1.0, predictions
+    assert abs(predictions["described"] - truth_value) < abs(predictions["plain"] - truth_value) / 2, predictions
+
+
+def test_a_space_with_descriptors_proposes_legal_choices():
+    data = copy.deepcopy(SPACE)
+    data["parameters"][5]["descriptors"] = {"dmf": {"bp_c": 153, "dielectric": 36.7}, "dmso": {"bp_c": 189, "dielectric": 46.7}}
+    campaign = Campaign.model_validate(data)
+    space = SearchSpace.from_campaign(campaign)
+    conds = space.decode(space.initial_design(seed=2, start=0, count=8))
+    X = space.encode(conds)
+    Y = torch.tensor([[truth(c)] for c in conds], dtype=DTYPE)
+    p = propose(space, Observations(X, Y, X[:0], X[:0]), ScalarObjective.from_campaign(campaign), q=1, seed=0, n_initial=6)
+    assert p.generator.startswith("gp:")
+    check_legal(space, space.decode(p.X)[0])
