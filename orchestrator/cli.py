@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+import numpy as np
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +158,59 @@ def validate(campaign_file: CampaignFile) -> None:
         f"{campaign.initial_experiments} initial)",
         highlight=False,
     )
+
+
+@app.command()
+def preflight(
+    campaign_file: CampaignFile,
+    runs: Annotated[int, typer.Option("--runs", "-n", min=2, max=1000, help="How many simulated runs.")] = 10,
+    target: Annotated[
+        Optional[float], typer.Option(help="Objective score that counts as success (default: 95% of the best reached).")
+    ] = None,
+) -> None:
+    """Run the campaign as configured many times against its simulator; report experiments-to-target and
+    the best value at the budget, with confidence intervals, before any hardware time is spent."""
+    import tempfile
+
+    from rich.table import Table
+
+    from orchestrator.preflight import default_backend, run_preflight
+
+    campaign = _load(campaign_file)
+    budget = campaign.budget.max_experiments
+    console.print(f"pre-flight of [cyan]{campaign.name}[/]: {runs} runs of {budget} experiments", highlight=False)
+    with tempfile.TemporaryDirectory() as tmp, user_errors():
+        backend = default_backend(Path(tmp))
+        try:
+            result = run_preflight(
+                campaign,
+                runs,
+                backend,
+                target=target,
+                on_run=lambda i, failed: console.print(f"  run {i + 1}/{runs} done ({failed} failed)", highlight=False),
+            )
+        finally:
+            backend.close()  # type: ignore[attr-defined]
+    best, reach = result.best_summary(), result.target_summary(budget)
+
+    def steps(v: float) -> str:
+        return f"> {budget}" if v > budget else f"{v:g}"
+
+    table = Table(title=f"Pre-flight: {campaign.name}, {runs} runs", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value")
+    table.add_row("best score at the budget, median", f"{best['median']:.4g}  (90% CI {best['ci_low']:.4g} to {best['ci_high']:.4g})")
+    table.add_row("  10th to 90th percentile of runs", f"{best['p10']:.4g} to {best['p90']:.4g}")
+    how = "given" if result.target_given else "95% of the best any run reached"
+    table.add_row("target score", f"{result.target:.4g} ({how})")
+    table.add_row(
+        "experiments to target, median",
+        f"{steps(reach['median'])}  (90% CI {steps(reach['ci_low'])} to {steps(reach['ci_high'])}; "
+        f"IQR {steps(reach['q1'])} to {steps(reach['q3'])})",
+    )
+    table.add_row("runs reaching the target", f"{reach['reached']:.0f} of {runs}")
+    table.add_row("failed experiments per run, median", f"{float(np.median(result.failed)):.0f}")
+    console.print(table)
 
 
 @app.command()
