@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from instruments.base import Driver, DriverSpec
@@ -34,7 +33,7 @@ from orchestrator.executor import Executor
 from orchestrator.procedures import Action, Procedure, ProcedureError
 
 if TYPE_CHECKING:
-    from orchestrator.campaign import Campaign, Parameter
+    from orchestrator.campaign import Campaign
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -175,34 +174,29 @@ def _template_problems(campaign: "Campaign", procedure: Procedure, drivers: Mapp
     return problems
 
 
-def sweep_points(parameters: "list[Parameter]", seed: int = 0) -> list[dict[str, Any]]:
-    """Conditions that probe the search space: every corner (each categorical choice), then random points."""
+def sweep_points(campaign: "Campaign", seed: int = 0) -> list[dict[str, Any]]:
+    """Conditions that probe the search space: every corner that meets the constraints (each categorical
+    choice), then points of the campaign's own space-filling design, which always meet them."""
+    from orchestrator.space import SearchSpace
+
+    space = SearchSpace.from_campaign(campaign)
     axes = []
-    for p in parameters:
+    for p in campaign.parameters:
         if p.type == "categorical":
             axes.append(list(p.choices))
         else:
             axes.append([p.low, p.high])
-    points = [dict(zip([p.name for p in parameters], combo)) for combo in itertools.islice(itertools.product(*axes), _SWEEP_MAX_CORNERS)]
-    rng = np.random.default_rng(seed)
-    for _ in range(_SWEEP_RANDOM_POINTS):
-        point: dict[str, Any] = {}
-        for p in parameters:
-            if p.type == "categorical":
-                point[p.name] = p.choices[int(rng.integers(len(p.choices)))]
-            elif p.type == "integer":
-                point[p.name] = int(rng.integers(p.low, p.high + 1))
-            else:
-                point[p.name] = float(rng.uniform(p.low, p.high))
-        points.append(point)
-    return points
+    names = [p.name for p in campaign.parameters]
+    corners = (dict(zip(names, combo)) for combo in itertools.islice(itertools.product(*axes), _SWEEP_MAX_CORNERS))
+    points = [c for c in corners if space.satisfies(c)]
+    return points + space.decode(space.initial_design(seed, 0, _SWEEP_RANDOM_POINTS))
 
 
 def _sweep_problems(campaign: "Campaign", procedure: Procedure, drivers: Mapping[str, Driver]) -> list[tuple[Loc, str]]:
     executor = Executor(drivers, clock=None)  # type: ignore[arg-type] - check() never waits
     seen: set[str] = set()
     problems: list[tuple[Loc, str]] = []
-    for point in sweep_points(list(campaign.parameters), campaign.seed):
+    for point in sweep_points(campaign, campaign.seed):
         try:
             steps = procedure.steps(point)
             executor.check(steps)
@@ -228,7 +222,7 @@ def _fmt(value: Any) -> str:
 def _analysis_problems(campaign: "Campaign", procedure: Procedure) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     try:
-        steps = procedure.steps(sweep_points(list(campaign.parameters))[0])
+        steps = procedure.steps(sweep_points(campaign)[0])
     except ProcedureError:
         steps = []
     labels = {s.label or s.instrument for s in steps if isinstance(s, Action)}
