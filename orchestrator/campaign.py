@@ -119,7 +119,7 @@ class Budget(_Strict):
         "points), instead of waiting for the whole batch.",
     )
     initial_experiments: Annotated[
-        int | None, Field(ge=1, description="Size of the Sobol design before the GP takes over (default: 2*d, at least 4).")
+        int | None, Field(ge=1, description="Size of the Sobol design before the GP takes over (default: d + 1, at least 4).")
     ] = None
 
 
@@ -197,8 +197,10 @@ class Campaign(_Strict):
 
     @property
     def initial_experiments(self) -> int:
-        """Size of the Sobol design: the budget's value, or 2 per parameter (at least 4), within the budget."""
-        n = self.budget.initial_experiments or max(4, 2 * len(self.parameters))
+        """Size of the space-filling design: the budget's value, or one more than the number of parameters (at
+        least 4), within the budget. Few points suffice for a GP with a length scale per parameter; every
+        experiment the design does not spend is one the model can aim."""
+        n = self.budget.initial_experiments or max(4, len(self.parameters) + 1)
         return min(n, self.budget.max_experiments)
 
     def space_fingerprint(self) -> str:

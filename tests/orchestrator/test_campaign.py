@@ -25,8 +25,11 @@ def test_round_trip_json(campaign_dict):
     assert Campaign.model_validate_json(c.model_dump_json()) == c
 
 
-def test_default_initial_design_is_two_per_parameter(campaign_dict):
+def test_default_initial_design_is_one_more_than_the_parameters(campaign_dict):
     campaign_dict["budget"] = {"max_experiments": 50}
+    assert Campaign.model_validate(campaign_dict).initial_experiments == 4  # 3 parameters, at least 4
+    campaign_dict["parameters"].append({"name": "extra", "type": "continuous", "low": 0, "high": 1})
+    campaign_dict["parameters"].append({"name": "extra2", "type": "continuous", "low": 0, "high": 1})
     assert Campaign.model_validate(campaign_dict).initial_experiments == 6
     campaign_dict["budget"] = {"max_experiments": 3}
     assert Campaign.model_validate(campaign_dict).initial_experiments == 3
