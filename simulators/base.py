@@ -10,11 +10,9 @@ measurement. Parameters are described by plain dicts, the same shape campaign fi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
