@@ -21,6 +21,7 @@ def test_there_are_example_campaigns():
         "perovskite_film_hardware.yaml",
         "suzuki_coupling.yaml",
         "perovskite_bandgap_lookup.yaml",
+        "opv_blend_simplex.yaml",
     } <= {f.name for f in FILES}
 
 
@@ -40,6 +41,8 @@ def test_example_campaign_runs_a_few_experiments(path, tmp_path):
     for e in exps:
         if e.state == "completed":
             assert set(e.outcomes) == {o.name for o in campaign.outcomes}
+        for comp in campaign.compositions:
+            assert abs(sum(e.conditions[n] for n in comp.components) - comp.total) <= 1e-9
 
 
 def test_lookup_campaign_never_repeats_a_combination(tmp_path):
