@@ -100,7 +100,7 @@ def propose(
     with single_threaded(), torch.random.fork_rng():
         torch.manual_seed(step_seed)
         if surrogate is None:
-            surrogate = fit_surrogate(space, obs, failed_outcomes(obs, objective))
+            surrogate = fit_surrogate(space, obs)
         t0 = time.perf_counter()
         try:
             acqf = _acquisition(surrogate, obs, objective, settings, step_seed)
@@ -130,32 +130,8 @@ def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observ
 
 def fit_for_objective(space: SearchSpace, obs: Observations, objective: ScalarObjective) -> Surrogate:
     """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``)."""
-    view, reindexed = modelled_view(obs, objective)
     with single_threaded():
-        return fit_surrogate(space, view, failed_outcomes(view, reindexed))
-
-
-def failed_outcomes(obs: Observations, objective: ScalarObjective) -> torch.Tensor | None:
-    """Outcomes the surrogates assume for failed experiments, ``f x m``: the worst value measured so far.
-
-    Worst in the objective's sense (the lowest of a maximized outcome, the highest of a minimized one, the
-    farthest from a target; for a constrained outcome the side that breaks the bound). The success model
-    says where failures happen; this makes the outcome models agree, so the acquisition sees no promise
-    in a failure region instead of extrapolating a rising trend into it. None when nothing failed.
-    """
-    if obs.X_failed.shape[0] == 0 or obs.Y.shape[0] == 0:
-        return None
-    worst = obs.Y.min(dim=0).values.clone()
-    for obj, k in zip(objective.objectives, objective.columns):
-        col = obs.Y[:, k]
-        if obj.goal == "minimize":
-            worst[k] = col.max()
-        elif obj.goal == "target":
-            worst[k] = col[(col - obj.target).abs().argmax()]
-    for k, lo, _hi in objective.bounds:
-        if k not in objective.columns:
-            worst[k] = obs.Y[:, k].min() if lo is not None else obs.Y[:, k].max()
-    return worst.expand(obs.X_failed.shape[0], -1).clone()
+        return fit_surrogate(space, modelled_view(obs, objective)[0])
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:

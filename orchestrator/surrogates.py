@@ -37,20 +37,15 @@ class Surrogate:
     fit_s: float
 
 
-def fit_surrogate(space: SearchSpace, obs, failed_Y: torch.Tensor | None = None) -> Surrogate:
+def fit_surrogate(space: SearchSpace, obs) -> Surrogate:
     """Fits one GP per outcome to the completed experiments, and a success model when some failed.
 
     Args:
         space: the search space (which columns are categorical, and the encoded bounds).
         obs: ``Observations`` with ``X`` (``n x d``), ``Y`` (``n x m``) and ``X_failed`` (``f x d``).
-        failed_Y: ``f x m`` outcomes to assume at the failed points (see ``proposer.failed_outcomes``), or
-            None to fit the outcome models to the completed experiments only.
     """
     t0 = time.perf_counter()
-    X, Y = obs.X, obs.Y
-    if failed_Y is not None:
-        X, Y = torch.cat([X, obs.X_failed]), torch.cat([Y, failed_Y.to(Y)])
-    models = [_gp(space, X, Y[:, k : k + 1]) for k in range(Y.shape[-1])]
+    models = [_gp(space, obs.X, obs.Y[:, k : k + 1]) for k in range(obs.Y.shape[-1])]
     has_feasibility = obs.X_failed.shape[0] > 0
     if has_feasibility:
         X_all = torch.cat([obs.X, obs.X_failed])

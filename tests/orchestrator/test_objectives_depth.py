@@ -79,23 +79,28 @@ def test_outcome_constraints_steer_proposals_into_the_feasible_region():
 
 
 def test_failed_regions_are_learned_and_avoided():
-    campaign, exps, _ = run(
-        {
-            "name": "cliff",
-            "parameters": XY,
-            "outcomes": [{"name": "score"}],
-            "objectives": [{"outcome": "score", "goal": "maximize"}],
-            "budget": {"max_experiments": 18, "initial_experiments": 6},
-            "simulator": {"model": "tests.toy_simulators:cliff"},
-            "seed": 2,
-        }
-    )
-    design, model = exps[:6], exps[6:]
-    failed = sum(e.state == "failed" for e in model)
-    # 40 % of the square fails; a proposer that ignored failures would hug the edge and cross it often.
-    assert failed <= 3, f"{failed} of {len(model)} model proposals fell off the cliff"
-    best = max(e.outcomes["score"] for e in model if e.state == "completed")
-    assert best > max(e.outcomes["score"] for e in design if e.state == "completed"), "and it still improves"
+    # 40 % of the square fails (x > 0.6) and no outcome is ever measured there, so an outcome model alone
+    # would see its largest uncertainty there and keep exploring it. Over three seeds, the success model
+    # must keep model-guided proposals out of it far more often than a blind draw would (40 %).
+    model_proposals = failed = 0
+    for seed in (2, 3, 4):
+        _, exps, _ = run(
+            {
+                "name": "cliff",
+                "parameters": XY,
+                "outcomes": [{"name": "score"}],
+                "objectives": [{"outcome": "score", "goal": "maximize"}],
+                "budget": {"max_experiments": 18, "initial_experiments": 6},
+                "simulator": {"model": "tests.toy_simulators:cliff"},
+                "seed": seed,
+            }
+        )
+        model = [e for e in exps if e.generator.startswith("gp:")]
+        model_proposals += len(model)
+        failed += sum(e.state == "failed" for e in model)
+        best = max(exps, key=lambda e: e.outcomes["score"] if e.outcomes else -1e9)
+        assert abs(best.conditions["x"] - 0.3) < 0.1 and abs(best.conditions["y"] - 0.7) < 0.15
+    assert failed / model_proposals <= 0.25, f"{failed} of {model_proposals} model proposals failed"
 
 
 def test_pending_points_change_the_next_proposal():
