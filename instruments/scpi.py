@@ -59,6 +59,7 @@ from typing import Literal, TypeVar
 from pydantic import Field
 
 from instruments.base import Driver, DriverSpec, Settings
+from instruments.ascii import check_idn, printable_text
 from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError, naming
 from instruments.readings import IVCurve
 from instruments.transport import SerialSettings
@@ -73,7 +74,6 @@ _QUEUE_READS = 12  # the queue holds 10 entries plus the overflow entry
 _RTOL = 1e-4  # read-back tolerance, relative (the 2400 echoes the programmed value in 7 digits)
 _NUMBER = re.compile(r"[+-]?(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][+-]?\d{1,3})?")
 _ERROR = re.compile(r'([+-]?\d{1,5}),"([^"]*)"')
-_PRINTABLE = re.compile(rb"[\x20-\x7e]+")
 _ADVICE = {
     802: "the output-enable (interlock) line is open: close the fixture lid or check the interlock cable",
     803: "the output is off (the interlock opened or someone turned it off); check the fixture, then repeat",
@@ -121,10 +121,7 @@ def format_output(on: bool, terminator: str = "\n") -> bytes:
 
 
 def _text(frame: bytes) -> str:
-    body = frame.rstrip(b"\r\n")
-    if not _PRINTABLE.fullmatch(body):
-        raise ProtocolError(f"reply {frame!r} is empty or holds non-printable bytes")
-    return body.decode("ascii")
+    return printable_text(frame.rstrip(b"\r\n"), frame)
 
 
 def _float(token: str, frame: bytes) -> float:
@@ -138,11 +135,7 @@ def _float(token: str, frame: bytes) -> float:
 
 def parse_idn(frame: bytes) -> str:
     """``*IDN?`` reply: four comma-separated fields (maker, model, serial, firmware)."""
-    text = _text(frame)
-    fields = text.split(",")
-    if len(fields) != 4 or not all(f.strip() for f in fields):
-        raise ProtocolError(f"*IDN? reply {frame!r} is not maker,model,serial,firmware")
-    return text
+    return check_idn(_text(frame), frame)
 
 
 def parse_number(frame: bytes) -> float:

@@ -61,6 +61,7 @@ from typing import TypeVar
 from pydantic import Field, model_validator
 
 from instruments.base import Driver, DriverSpec, Settings
+from instruments.ascii import check_idn, printable_text
 from instruments.errors import ConnectionLost, DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError, naming
 from instruments.readings import Spectrum
 from instruments.transport import SerialSettings
@@ -71,7 +72,6 @@ T = TypeVar("T")
 END = b"\n"
 MAX_PIXELS = 16384
 FULL_SCALE_COUNTS = 65535
-_PRINTABLE = re.compile(rb"[\x20-\x7e]+")
 _ERR = re.compile(r"ERR (\d{1,3})(?: (.*))?")
 _NUMBER = r"[+-]?(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][+-]?\d{1,3})?"
 _COUNT = re.compile(r"\d{1,5}")
@@ -123,10 +123,7 @@ def format_measure() -> bytes:
 
 def _line(frame: bytes) -> str:
     """The reply's text without its LF; an ``ERR`` reply raises :class:`DeviceError`."""
-    body = frame[:-1] if frame.endswith(END) else frame
-    if not _PRINTABLE.fullmatch(body):
-        raise ProtocolError(f"reply {frame[:80]!r} is empty or holds non-printable bytes")
-    text = body.decode("ascii")
+    text = printable_text(frame[:-1] if frame.endswith(END) else frame, frame)
     err = _ERR.fullmatch(text)
     if err is not None:
         raise DeviceError(f"the spectrometer reports error {err.group(1)}: {err.group(2) or ''}", code=err.group(1))
@@ -154,11 +151,7 @@ def parse_ok(frame: bytes) -> None:
 
 def parse_idn(frame: bytes) -> str:
     """``*IDN?``: four non-empty comma-separated fields."""
-    text = _line(frame)
-    fields = text.split(",")
-    if len(fields) != 4 or not all(f.strip() for f in fields):
-        raise ProtocolError(f"*IDN? reply {frame!r} is not maker,model,serial,firmware")
-    return text
+    return check_idn(_line(frame), frame)
 
 
 def parse_pixels(frame: bytes) -> int:
