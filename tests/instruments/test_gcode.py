@@ -1,10 +1,9 @@
 """The GRBL stage driver against its simulated controller on a real pseudo-terminal."""
 
-from __future__ import annotations
 
 import importlib
 import time
-from types import SimpleNamespace
+
 
 import pytest
 from hypothesis import given, settings
@@ -13,11 +12,10 @@ from pydantic import ValidationError
 
 from instruments.errors import DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError
 from instruments.gcode import SPEC, GcodeStage, format_home, format_move, parse_banner, parse_ok, parse_status
-from instruments.transport import SerialSettings, Transcript, Transport
-from simulators.faults import FaultPlan
+from instruments.transport import SerialSettings, Transport
 from simulators.firmware.gcode import GrblFirmware, make_firmware
 from simulators.lab import SimLab
-from simulators.serial_device import PtyDevice
+from tests.instruments.rig import serve
 
 FAST = SerialSettings(baudrate=115200, timeout_s=0.3, reopen_backoff_s=0.05, reopen_attempts=8)
 LIMITS = GcodeStage.Limits(x_mm=(0, 300), y_mm=(0, 200), z_mm=(0, 50), max_feed_mm_min=2000)
@@ -30,12 +28,9 @@ def make(tmp_path, options=OPTIONS, reset_on_open=True):
     lab = SimLab()
     fw = make_firmware("stage", options, LIMITS, lab)
     fw.reset_on_open = reset_on_open
-    dev = PtyDevice(fw, link=tmp_path / "serial" / "by-id" / "usb-grbl-if00", faults=FaultPlan(late_s=0.5, down_s=0.1))
-    dev.start()
-    transcript = Transcript()
-    transport = Transport(dev.port, FAST, name="stage", transcript=transcript)
-    drv = GcodeStage(transport, name="stage", limits=LIMITS, options=options, clock=lab.clock)
-    return SimpleNamespace(dev=dev, fw=fw, drv=drv, transcript=transcript, lab=lab)
+    return serve(
+        tmp_path, fw, GcodeStage, name="stage", link="usb-grbl-if00", lab=lab, settings=FAST, limits=LIMITS, options=options
+    )
 
 
 @pytest.fixture

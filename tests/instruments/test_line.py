@@ -1,11 +1,10 @@
 """The generic line-protocol driver, configured as a campaign file would, against the simulated rig on a pty."""
 
-from __future__ import annotations
 
 import importlib
 import re
 import time
-from types import SimpleNamespace
+
 
 import pytest
 from hypothesis import given, settings
@@ -14,11 +13,10 @@ from pydantic import ValidationError
 
 from instruments.errors import DeviceError, InstrumentError, InstrumentTimeout, LimitError, ProtocolError
 from instruments.line import SPEC, CommandSpec, LineDriver, format_command, parse_reply, template_fields
-from instruments.transport import SerialSettings, Transcript, Transport
-from simulators.faults import FaultPlan
+from instruments.transport import SerialSettings
 from simulators.firmware.line import LineRig, make_firmware
 from simulators.lab import SimLab
-from simulators.serial_device import PtyDevice
+from tests.instruments.rig import serve
 
 FAST = SerialSettings(timeout_s=0.3, reopen_backoff_s=0.05, reopen_attempts=8)
 ERR = "ERR (?P<code>.+)"
@@ -47,11 +45,7 @@ OPTIONS = LineDriver.Options.model_validate(RIG)
 def make(tmp_path, options=OPTIONS):
     lab = SimLab()
     fw = make_firmware("rig", options, LineDriver.Limits(), lab)
-    dev = PtyDevice(fw, link=tmp_path / "serial" / "by-id" / "usb-Arduino_Uno-if00", faults=FaultPlan(late_s=0.5, down_s=0.1))
-    dev.start()
-    transcript = Transcript()
-    drv = LineDriver(Transport(dev.port, FAST, name="rig", transcript=transcript), name="rig", options=options, clock=lab.clock)
-    return SimpleNamespace(dev=dev, fw=fw, drv=drv, transcript=transcript, lab=lab)
+    return serve(tmp_path, fw, LineDriver, name="rig", link="usb-Arduino_Uno-if00", lab=lab, settings=FAST, options=options)
 
 
 @pytest.fixture

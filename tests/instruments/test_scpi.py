@@ -1,10 +1,9 @@
 """The Keithley 2400 driver against its byte-level simulator on a real pseudo-terminal."""
 
-from __future__ import annotations
 
 import logging
 import time
-from types import SimpleNamespace
+
 
 import pytest
 from hypothesis import given, settings
@@ -28,12 +27,11 @@ from instruments.scpi import (
     parse_read,
     sweep_voltages,
 )
-from instruments.transport import SerialSettings, Transcript, Transport
+from instruments.transport import SerialSettings
 from orchestrator.errors import ExperimentFailed
-from simulators.faults import FaultPlan
 from simulators.firmware.scpi import make_firmware
 from simulators.lab import SimLab
-from simulators.serial_device import PtyDevice
+from tests.instruments.rig import serve
 
 FAST = SerialSettings(timeout_s=0.3, reopen_backoff_s=0.05, reopen_attempts=8)
 LIMITS = Keithley2400.Limits(max_voltage_v=2.0, max_current_a=0.02, max_points=81, max_settle_s=1.0)
@@ -50,19 +48,10 @@ def no_film(conditions, rng):
 def make_rig(tmp_path, truth_fn=truth, limits=LIMITS, options=None, settings_=FAST):
     lab = SimLab(truth=truth_fn, sample_model=lambda history: {})
     options = options or Keithley2400.Options()
-    firmware = make_firmware("smu", options, limits, lab)
-    dev = PtyDevice(firmware, link=tmp_path / "serial" / "by-id" / "usb-Keithley_2400-if00",
-                    faults=FaultPlan(late_s=0.5, down_s=0.1)).start()
-    transcript = Transcript()
-    transport = Transport(dev.port, settings_, name="smu", transcript=transcript)
-    driver = Keithley2400(transport, name="smu", limits=limits, options=options, clock=lab.clock)
-    try:
-        driver.connect()
-    except BaseException:
-        transport.close()
-        dev.stop()
-        raise
-    return SimpleNamespace(lab=lab, fw=firmware, dev=dev, drv=driver, transcript=transcript, transport=transport)
+    return serve(
+        tmp_path, make_firmware("smu", options, limits, lab), Keithley2400, name="smu", link="usb-Keithley_2400-if00",
+        lab=lab, settings=settings_, limits=limits, options=options, connect=True,
+    )
 
 
 def settled(condition, timeout_s=1.0):

@@ -1,10 +1,9 @@
 """The ASCII spectrometer driver against its byte-level simulator on a real pseudo-terminal."""
 
-from __future__ import annotations
 
 import logging
 import statistics
-from types import SimpleNamespace
+
 
 import pytest
 from hypothesis import given, settings
@@ -28,13 +27,12 @@ from instruments.spectrometer import (
     parse_shutter,
     wavelengths,
 )
-from instruments.transport import SerialSettings, Transcript, Transport
+from instruments.transport import SerialSettings
 from orchestrator.errors import ExperimentFailed
-from simulators.faults import FaultPlan
 from simulators.firmware import spectrometer as firmware_module
 from simulators.firmware.spectrometer import make_firmware
 from simulators.lab import HC_EV_NM, SimLab
-from simulators.serial_device import PtyDevice
+from tests.instruments.rig import serve
 
 FAST = SerialSettings(baudrate=115200, timeout_s=0.3, reopen_backoff_s=0.05, reopen_attempts=8)
 LIMITS = Spectrometer.Limits(min_integration_ms=5.0, max_integration_ms=2000.0, max_averages=8)
@@ -52,19 +50,10 @@ def no_film(conditions, rng):
 
 def make_rig(tmp_path, truth_fn=truth, limits=LIMITS, settings_=FAST):
     lab = SimLab(truth=truth_fn, sample_model=lambda history: {})
-    firmware = make_firmware("spec", OPTIONS, limits, lab)
-    dev = PtyDevice(firmware, link=tmp_path / "serial" / "by-id" / "usb-LabSpec_SPX-512-if00",
-                    faults=FaultPlan(late_s=0.5, down_s=0.1)).start()
-    transcript = Transcript()
-    transport = Transport(dev.port, settings_, name="spec", transcript=transcript)
-    driver = Spectrometer(transport, name="spec", limits=limits, options=OPTIONS, clock=lab.clock)
-    try:
-        driver.connect()
-    except BaseException:
-        transport.close()
-        dev.stop()
-        raise
-    return SimpleNamespace(lab=lab, fw=firmware, dev=dev, drv=driver, transcript=transcript, transport=transport)
+    return serve(
+        tmp_path, make_firmware("spec", OPTIONS, limits, lab), Spectrometer, name="spec", link="usb-LabSpec_SPX-512-if00",
+        lab=lab, settings=settings_, limits=limits, options=OPTIONS, connect=True,
+    )
 
 
 @pytest.fixture
