@@ -15,11 +15,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from orchestrator.errors import CampaignFileError
 from orchestrator.lab_config import AnalysisSpec, InstrumentSpec, ProcedureSpec
+from orchestrator.priors import PriorSource, campaign_prior_problems
 from orchestrator.parameters import (  # noqa: F401 - re-exported: campaign files are built from these
+    Strict,
     MAX_ABS_BOUND,
     NAME_PATTERN,
     CategoricalParameter,
@@ -32,8 +34,7 @@ from orchestrator.parameters import (  # noqa: F401 - re-exported: campaign file
 CAMPAIGN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict
 
 
 class Outcome(_Strict):
@@ -187,6 +188,16 @@ class Campaign(_Strict):
     )
     procedure: ProcedureSpec | None = Field(None, description="The steps of one experiment on the instruments.")
     analysis: list[AnalysisSpec] = Field(default_factory=list, description="Raw readings → outcomes.")
+    priors: list[PriorSource] = Field(
+        default_factory=list, description="Calculated data (e.g. DFT band gaps) that inform a measured outcome."
+    )
+    # The campaign file's folder: prior files are read relative to it. Set by ``load_campaign``.
+    _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def source_dir(self) -> Path:
+        """The folder relative paths in the campaign (prior files) are read from."""
+        return self._source_dir
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Campaign":
@@ -249,6 +260,8 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
             )
     if c.optimizer.multi_objective == "pareto" and len(c.objectives) < 2:
         problems.append((("optimizer", "multi_objective"), "'pareto' needs at least two objectives"))
+    problems.extend(campaign_prior_problems(c.priors, c.parameters, c.outcomes))
+    problems.extend(_transfer_problems(c))
     if c.compositions or c.constraints:
         from orchestrator.constraints import constraint_problems  # local: keeps this module about the models
 
@@ -277,6 +290,23 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
     return problems
 
 
+def _transfer_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
+    """One prior per outcome; ``multitask`` only where the calculations cover every parameter."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    informed: dict[str, int] = {}
+    names = {p.name for p in c.parameters}
+    for i, src in enumerate(c.priors):
+        if src.outcome in informed:
+            problems.append((("priors", i, "outcome"), f"'{src.outcome}' already has a prior (priors[{informed[src.outcome]}]); "
+                             "give one prior per outcome (merge the files)"))
+        informed.setdefault(src.outcome, i)
+        missing = sorted(names - set(src.mapped_parameters()))
+        if src.method == "multitask" and missing:
+            problems.append((("priors", i, "method"), f"'multitask' needs calculated values over every parameter; "
+                             f"the file does not cover {', '.join(missing)}; use 'prior_mean' or 'auto'"))
+    return problems
+
+
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
@@ -295,7 +325,9 @@ def load_campaign(path: str | Path) -> Campaign:
     path = Path(path)
     source = YamlSource.read(path)
     try:
-        return Campaign.model_validate(source.data)
+        campaign = Campaign.model_validate(source.data)
+        campaign._source_dir = path.resolve().parent
+        return campaign
     except ValidationError as exc:
         raise CampaignFileError(str(path), describe_validation_error(exc, source)) from None
 

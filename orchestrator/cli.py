@@ -102,6 +102,9 @@ def run(
     with user_errors():
         if campaign.instruments is None:
             build_simulator(campaign)  # a bad simulator is a user error before anything starts
+        from orchestrator.transfer import load_priors
+
+        load_priors(campaign)  # so is a bad prior file: nothing is created before the campaign can run
         with Ledger.for_campaign(campaign, results_dir) as ledger:
             counts = ledger.counts()
     done = counts["completed"] + counts["failed"]
@@ -150,6 +153,9 @@ def validate(campaign_file: CampaignFile) -> None:
     with user_errors():
         if campaign.instruments is None:
             build_simulator(campaign)
+        from orchestrator.transfer import load_priors
+
+        load_priors(campaign)  # a missing file or bad row is reported now, not at the first refit
     n = len(campaign.parameters)
     console.print(
         f"[green]ok[/] {campaign_file}: campaign '{campaign.name}', {n} parameter(s), "

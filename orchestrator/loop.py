@@ -24,6 +24,8 @@ from orchestrator.proposer import Observations, Proposal, fit_for_objective, pro
 from orchestrator.simulation import SimulatorFn
 from orchestrator.space import DTYPE, SearchSpace
 from orchestrator.surrogates import Surrogate
+from orchestrator.threads import single_threaded
+from orchestrator.transfer import PriorModel, fit_prior, load_priors
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,19 @@ class CampaignRunner:
         self.on_event = on_event
         self.space = SearchSpace.from_campaign(campaign)
         self.outcome_names = [o.name for o in campaign.outcomes]
+        # Prior files are read now, so a bad file stops the run before any experiment; fitted at first refit.
+        self.prior_data = load_priors(campaign)
+        self._prior_models: dict[int, PriorModel] | None = None
+
+    def prior_models(self) -> dict[int, PriorModel]:
+        """The campaign's priors fitted to their calculated data, by outcome column (fitted once per run)."""
+        if self._prior_models is None:
+            with single_threaded(), torch.random.fork_rng():
+                torch.manual_seed(self.campaign.seed)
+                self._prior_models = {
+                    self.outcome_names.index(d.outcome): fit_prior(self.space, d) for d in self.prior_data
+                }
+        return self._prior_models
 
     # --- reading the ledger -------------------------------------------------------------------
     def observations(self) -> Observations:
@@ -118,7 +133,7 @@ class CampaignRunner:
             return None
         with torch.random.fork_rng():
             torch.manual_seed(self.campaign.seed + obs.n_seen)
-            return fit_for_objective(self.space, obs, self.objective(obs.Y))
+            return fit_for_objective(self.space, obs, self.objective(obs.Y), self.prior_models())
 
     def propose(self, obs: Observations, surrogate: Surrogate | None, count: int) -> list[Experiment]:
         """Proposes ``count`` experiments and records them as ``proposed``."""

@@ -12,8 +12,13 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAX_ABS_BOUND = 1e12
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every campaign-file model: frozen, and unknown keys are errors (a typo is never ignored)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_Strict = Strict
 
 
 class ContinuousParameter(_Strict):

@@ -10,6 +10,7 @@ so the search keeps away from where films do not form.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 import logging
 import time
 import warnings
@@ -31,6 +32,7 @@ from orchestrator.objectives import ScalarObjective
 from orchestrator.space import DTYPE, SearchSpace
 from orchestrator.surrogates import Surrogate, fit_surrogate
 from orchestrator.threads import single_threaded
+from orchestrator.transfer import PriorModel
 
 MAX_ENUMERATED_POINTS = 20_000
 log = logging.getLogger(__name__)
@@ -111,6 +113,8 @@ def propose(
             X = space.initial_design(seed, start=obs.n_seen, count=q)
             return Proposal(X, "sobol:fallback", {"fallback": str(exc)[:200]})
     info = {"fit_s": surrogate.fit_s, "acq_s": time.perf_counter() - t0, "n_train": int(obs.X.shape[0])}
+    if surrogate.transfer:
+        info["transfer"] = list(surrogate.transfer.values())  # which prior method each outcome's model used
     return Proposal(X.detach(), "gp:qLogNEHVI" if objective.pareto else f"gp:{settings.acquisition}", info)
 
 
@@ -128,10 +132,18 @@ def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observ
     return dataclasses.replace(obs, Y=obs.Y[:, cols]), reindexed
 
 
-def fit_for_objective(space: SearchSpace, obs: Observations, objective: ScalarObjective) -> Surrogate:
-    """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``)."""
+def fit_for_objective(
+    space: SearchSpace, obs: Observations, objective: ScalarObjective, priors: Mapping[int, PriorModel] | None = None
+) -> Surrogate:
+    """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``).
+
+    Args:
+        priors: fitted calculated data by outcome column of ``obs.Y``; used for the outcomes the objective models.
+    """
+    cols = list(objective.all_columns)
+    modelled = {cols.index(k): p for k, p in (priors or {}).items() if k in cols}
     with single_threaded():
-        return fit_surrogate(space, modelled_view(obs, objective)[0])
+        return fit_surrogate(space, modelled_view(obs, objective)[0], modelled)
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from botorch.exceptions.errors import ModelFittingError
@@ -21,6 +23,9 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from orchestrator.space import SearchSpace
 
+if TYPE_CHECKING:
+    from orchestrator.transfer import PriorModel
+
 log = logging.getLogger(__name__)
 
 # L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
@@ -35,17 +40,28 @@ class Surrogate:
     model: ModelListGP
     has_feasibility: bool
     fit_s: float
+    transfer: dict[int, dict] = field(default_factory=dict)
 
 
-def fit_surrogate(space: SearchSpace, obs) -> Surrogate:
+def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | None = None) -> Surrogate:
     """Fits one GP per outcome to the completed experiments, and a success model when some failed.
 
     Args:
         space: the search space (which columns are categorical, and the encoded bounds).
         obs: ``Observations`` with ``X`` (``n x d``), ``Y`` (``n x m``) and ``X_failed`` (``f x d``).
+        priors: calculated data per outcome column; the outcome's GP then uses it as configured
+            (``orchestrator.transfer``), and ``Surrogate.transfer`` records the method used.
     """
     t0 = time.perf_counter()
-    models = [_gp(space, obs.X, obs.Y[:, k : k + 1]) for k in range(obs.Y.shape[-1])]
+    models, transfer = [], {}
+    for k in range(obs.Y.shape[-1]):
+        y = obs.Y[:, k : k + 1]
+        if priors and k in priors:
+            model, transfer[k] = _transfer_model(space, priors[k], obs.X, y)
+        else:
+            model = _gp(space, obs.X, y)
+            _fit(model)
+        models.append(model)
     has_feasibility = obs.X_failed.shape[0] > 0
     if has_feasibility:
         X_all = torch.cat([obs.X, obs.X_failed])
@@ -53,9 +69,42 @@ def fit_surrogate(space: SearchSpace, obs) -> Surrogate:
         # A GP regressed on 0/1 is a crude classifier, but its posterior is Gaussian, so the acquisition
         # can weight by P(success) through botorch's constraint machinery with no extra approximation.
         models.append(_gp(space, X_all, success, standardize=False))
-    for model in models:
+        _fit(models[-1])
+    return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0, transfer)
+
+
+def _transfer_model(space: SearchSpace, prior: "PriorModel", X: torch.Tensor, y: torch.Tensor):
+    """The outcome's GP by the prior's method; for ``auto`` see ``orchestrator.transfer.choose_method``."""
+    from orchestrator.transfer import (
+        choose_method,
+        heldout_log_likelihood,
+        loo_log_likelihood,
+        multitask_gp,
+        prior_mean_gp,
+    )
+
+    def fitted(method: str, Xs: torch.Tensor, ys: torch.Tensor):
+        builders = {"none": _gp, "prior_mean": lambda *a: prior_mean_gp(*a[:1], prior, *a[1:]),
+                    "multitask": lambda *a: multitask_gp(*a[:1], prior, *a[1:])}
+        model = builders[method](space, Xs, ys)
         _fit(model)
-    return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0)
+        return model
+
+    candidates = prior.candidates()
+    models = {m: fitted(m, X, y) for m in candidates}
+    info: dict = {"outcome": prior.outcome, "prior": prior.name}
+    if len(candidates) == 1:
+        return models[candidates[0]], {**info, "method": candidates[0]}
+    n = X.shape[0]
+    loo = {m: loo_log_likelihood(model, n) for m, model in models.items()}
+    held: dict[str, float] = {}
+    h = max(1, n // 4)  # the latest experiments, predicted by models fitted to the earlier ones
+    if n - h >= 3:
+        held = {m: heldout_log_likelihood(fitted(m, X[:-h], y[:-h]), X[-h:], y[-h:]) for m in candidates}
+    chosen = choose_method(loo, held)
+    info.update(method=chosen, loo_nats={k: round(v, 3) for k, v in loo.items()},
+                heldout_nats={k: round(v, 3) for k, v in held.items()})
+    return models[chosen], info
 
 
 def _gp(space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True) -> SingleTaskGP:

@@ -30,7 +30,15 @@ def _dataset(**options: Any) -> Simulator:
     return dataset_simulator(**options)
 
 
+def _perovskites_measured(**options: Any) -> Simulator:
+    """Factory for ``"perovskites_measured"``; options as :func:`simulators.dft.perovskites_measured`."""
+    from simulators.dft import perovskites_measured
+
+    return perovskites_measured(**options)
+
+
 BUILTIN_MODELS: dict[str, Callable[..., Simulator]] = {
     "perovskite_film": _perovskite_film,
     "dataset": _dataset,
+    "perovskites_measured": _perovskites_measured,
 }
