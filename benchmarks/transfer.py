@@ -7,6 +7,9 @@ Cases (the real closed loop: ``CampaignRunner`` + ``run_loop``, in-memory ledger
   (``campaigns/data/perovskite_film_dft_*.csv``, from ``simulators/dft.py``): ``helpful`` is PBE-like (right
   trend, ~0.5 eV low, noisier), ``misleading`` has the wrong trend. Multi-task needs the prior over every
   parameter, so it does not apply here. A hit: a film that forms with a noise-free gap within 3 meV of 1.80 eV.
+- ``film_full``: the same goal and priors over all six knobs of ``campaigns/perovskite_film.yaml`` (anneal
+  temperature and time, concentration and antisolvent too; films fail outside their process window): the
+  prior now says which two of the six knobs set the gap.
 - ``perovskites``: the 192 organic/metal/halide perovskites; measured gaps from ``simulators.dft``'s
   ``perovskites_measured`` (HSE06 shifted by -0.6 eV, scaled by 1.2, per-material deviations of 0.05 eV,
   0.02 eV noise); the prior is the real HSE06 table. Goal: 1.6 eV; a hit: a material whose noise-free measured
@@ -38,15 +41,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.campaign import Campaign  # noqa: E402
+from orchestrator.campaign import Campaign, load_campaign  # noqa: E402
 from orchestrator.ledger import Ledger  # noqa: E402
 from orchestrator.loop import CampaignRunner, run_loop  # noqa: E402
 
 DATA = ROOT / "campaigns" / "data"
+FILM_KNOBS = [
+    {"name": "cs_frac", "type": "continuous", "low": 0.0, "high": 0.4},
+    {"name": "br_frac", "type": "continuous", "low": 0.0, "high": 0.6},
+    {"name": "anneal_temp_c", "type": "continuous", "low": 80, "high": 200},
+]
 FILM_FIXED = {"anneal_time_min": 10.0, "precursor_conc_m": 1.2, "antisolvent": "chlorobenzene"}
 CASES = {
     "film": {"target": 1.80, "hit_tol": 0.003, "budget": 20, "initial": 2, "priors": ("helpful", "misleading"),
              "methods": ("none", "prior_mean", "auto")},
+    "film_full": {"target": 1.80, "hit_tol": 0.003, "budget": 25, "initial": 4, "priors": ("helpful", "misleading"),
+                  "methods": ("none", "prior_mean", "auto")},
     "perovskites": {"target": 1.60, "hit_tol": 0.05, "budget": 30, "initial": 4, "priors": ("hse06",),
                     "methods": ("none", "prior_mean", "multitask", "auto")},
 }
@@ -72,16 +82,14 @@ class FilmAtFixedProcess:
 
 def campaign(case: str, prior: str, method: str, seed: int) -> Campaign:
     spec = CASES[case]
-    if case == "film":
-        parameters = [
-            {"name": "cs_frac", "type": "continuous", "low": 0.0, "high": 0.4},
-            {"name": "br_frac", "type": "continuous", "low": 0.0, "high": 0.6},
-            {"name": "anneal_temp_c", "type": "continuous", "low": 80, "high": 200},
+    if case in ("film", "film_full"):
+        parameters = FILM_KNOBS if case == "film" else [
+            p.model_dump(exclude_none=True) for p in load_campaign(ROOT / "campaigns" / "perovskite_film.yaml").parameters
         ]
         source = {"name": f"dft_{prior}", "file": str(DATA / f"perovskite_film_dft_{prior}.csv"),
                   "outcome": "band_gap_ev", "property": "gap_dft_ev", "unit": "eV",
                   "columns": {"cs_frac": "cs_frac", "br_frac": "br_frac"}, "method": method}
-        simulator = {"model": "perovskite_film"}  # replaced by FilmAtFixedProcess in run_one
+        simulator = {"model": "perovskite_film"}  # ``film`` runs FilmAtFixedProcess instead (see run_one)
     else:
         from simulators.dft import PerovskitesMeasured
 
@@ -106,6 +114,10 @@ def campaign(case: str, prior: str, method: str, seed: int) -> Campaign:
 def simulator(case: str):
     if case == "film":
         return FilmAtFixedProcess()
+    if case == "film_full":
+        from simulators.perovskite_film import PerovskiteFilm
+
+        return PerovskiteFilm()
     from simulators.dft import PerovskitesMeasured
 
     return PerovskitesMeasured()

@@ -167,6 +167,8 @@ def parse_status(frame: bytes) -> Status:
             if axes is None:
                 raise ProtocolError(f"bad {key} in status report {frame!r}")
             pos[key] = (float(axes.group(1)), float(axes.group(2)), float(axes.group(3)))
+            if not all(math.isfinite(v) for v in pos[key]):  # a runaway digit string overflows to inf
+                raise ProtocolError(f"{key} out of range in status report {frame[:80]!r}")
     if not pos:
         raise ProtocolError(f"status report without a position: {frame!r}")
     feed = None
@@ -176,6 +178,8 @@ def parse_status(frame: bytes) -> Status:
         if fm is None:
             raise ProtocolError(f"bad feed field in status report {frame!r}")
         feed = float(fm.group(1))
+        if not math.isfinite(feed):
+            raise ProtocolError(f"feed out of range in status report {frame[:80]!r}")
     return Status(state, pos.get("MPos"), pos.get("WPos"), feed)
 
 

@@ -118,7 +118,7 @@ class CommandSpec(Settings):
             if pattern is not None:
                 try:
                     re.compile(pattern)
-                except re.error as exc:
+                except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; thousands of nested groups
                     raise ValueError(f"{field} pattern {pattern!r} is not a valid regex: {exc}") from None
         for arg, spec in self.args.items():  # every argument's samples must format
             samples = spec.choices if spec.choices is not None else [spec.min, spec.max]
@@ -302,7 +302,7 @@ class LineDriver(Driver):
             if self.ready_banner is not None:
                 try:
                     re.compile(self.ready_banner)
-                except re.error as exc:
+                except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; thousands of nested groups
                     raise ValueError(f"ready_banner {self.ready_banner!r} is not a valid regex: {exc}") from None
             for name, spec in self.commands.items():
                 if not _NAME.fullmatch(name):

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.campaign import Campaign, campaign_json_schema, load_campaign
 from orchestrator.errors import CampaignFileError, UserInputError
@@ -39,17 +40,24 @@ ResultsDir = Annotated[
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turns the project's user-facing errors into a message on stderr and exit code 2."""
+def user_errors(campaign_file: Path | None = None) -> Iterator[None]:
+    """Turns the project's user-facing errors into a message on stderr and exit code 2.
+
+    Args:
+        campaign_file: named in front of the message, for checks of a loaded campaign (its simulator, its
+            prior files) whose errors would otherwise not say which campaign file they are about.
+    """
     try:
         yield
+    # escape(): messages quote what the file says, and text like "[/x]" would otherwise be read as rich markup.
     except CampaignFileError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.path}: {len(exc.problems)} problem(s)", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(exc.path)}: {len(exc.problems)} problem(s)", highlight=False)
         for problem in exc.problems:
-            err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"  - {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except UserInputError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        where = f"{campaign_file}: " if campaign_file is not None else ""
+        err_console.print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -99,7 +107,7 @@ def run(
     from orchestrator.report import ProgressPrinter, summary_table
     from orchestrator.simulation import build_simulator
 
-    with user_errors():
+    with user_errors(campaign_file):
         if campaign.instruments is None:
             build_simulator(campaign)  # a bad simulator is a user error before anything starts
         from orchestrator.transfer import load_priors
@@ -150,7 +158,7 @@ def validate(campaign_file: CampaignFile) -> None:
     campaign = _load(campaign_file)
     from orchestrator.simulation import build_simulator
 
-    with user_errors():
+    with user_errors(campaign_file):
         if campaign.instruments is None:
             build_simulator(campaign)
         from orchestrator.transfer import load_priors
@@ -158,7 +166,7 @@ def validate(campaign_file: CampaignFile) -> None:
         load_priors(campaign)  # a missing file or bad row is reported now, not at the first refit
     n = len(campaign.parameters)
     console.print(
-        f"[green]ok[/] {campaign_file}: campaign '{campaign.name}', {n} parameter(s), "
+        f"[green]ok[/] {escape(str(campaign_file))}: campaign '{campaign.name}', {n} parameter(s), "
         f"{len(campaign.outcomes)} outcome(s), {len(campaign.objectives)} objective(s), "
         f"budget {campaign.budget.max_experiments} (batches of {campaign.budget.batch_size}, "
         f"{campaign.initial_experiments} initial)",

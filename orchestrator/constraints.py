@@ -84,15 +84,18 @@ def parse_constraint(text: str, parameters: Sequence["Parameter"]) -> LinearCons
     if not names:
         raise ValueError(f"'{text}' reads no parameter")
     zero = dict.fromkeys(names, 0.0)
-    c0 = float(expr.evaluate(zero))
-    coef = {n: float(expr.evaluate({**zero, n: 1.0})) - c0 for n in names}
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        x = {n: float(rng.uniform(-3, 3)) for n in names}
-        linear = c0 + sum(coef[n] * x[n] for n in names)
-        actual = float(expr.evaluate(x))
-        if abs(actual - linear) > 1e-9 * max(1.0, abs(actual)):
-            raise ValueError(f"'{text}' is not linear in the parameters; write it as a sum of number * parameter terms")
+    try:
+        c0 = float(expr.evaluate(zero))
+        coef = {n: float(expr.evaluate({**zero, n: 1.0})) - c0 for n in names}
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            x = {n: float(rng.uniform(-3, 3)) for n in names}
+            linear = c0 + sum(coef[n] * x[n] for n in names)
+            actual = float(expr.evaluate(x))
+            if abs(actual - linear) > 1e-9 * max(1.0, abs(actual)):
+                raise ValueError(f"'{text}' is not linear in the parameters; write it as a sum of number * parameter terms")
+    except ExpressionError as exc:  # quote the constraint as written, not the difference it was parsed as
+        raise ValueError(str(exc).replace(expr.text, text)) from None
     coef = {n: a for n, a in coef.items() if a != 0.0}
     if not coef:
         raise ValueError(f"'{text}' does not depend on any parameter")

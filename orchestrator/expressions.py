@@ -61,12 +61,14 @@ class Expression:
         Raises:
             ExpressionError: a syntax error or a construct outside the grammar.
         """
+        names: set[str] = set()
         try:
             tree = ast.parse(text.strip(), mode="eval").body
+            _check(tree, text, names)
         except SyntaxError as exc:
-            raise ExpressionError(f"cannot parse expression '{text}': {exc.msg}") from None
-        names: set[str] = set()
-        _check(tree, text, names)
+            raise ExpressionError(f"cannot parse expression '{_short(text)}': {exc.msg}") from None
+        except (RecursionError, MemoryError):  # thousands of nested or chained terms
+            raise ExpressionError(f"expression '{_short(text)}' is too deeply nested or too long; shorten it") from None
         return cls(text, tree, frozenset(names))
 
     def evaluate(self, values: Mapping[str, Any]) -> Any:
@@ -79,11 +81,17 @@ class Expression:
             result = _eval(self.tree, values)
         except KeyError as exc:
             raise ExpressionError(f"'{self.text}' reads '{exc.args[0]}', which is not a parameter") from None
-        except (TypeError, ZeroDivisionError, OverflowError) as exc:
+        except OverflowError:  # its message is only "(34, 'Numerical result out of range')"
+            raise ExpressionError(f"'{self.text}' cannot be evaluated: a number in it is too large") from None
+        except (TypeError, ZeroDivisionError, RecursionError) as exc:
             raise ExpressionError(f"'{self.text}' cannot be evaluated: {exc}") from None
         if isinstance(result, float) and not math.isfinite(result):
             raise ExpressionError(f"'{self.text}' evaluates to {result}")
         return result
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _check(node: ast.AST, text: str, names: set[str]) -> None:

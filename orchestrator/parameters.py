@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,9 +14,28 @@ MAX_ABS_BOUND = 1e12
 
 
 class Strict(BaseModel):
-    """Base of every campaign-file model: frozen, and unknown keys are errors (a typo is never ignored)."""
+    """Base of every campaign-file model: frozen, and unknown keys are errors (a typo is never ignored); numbers
+    must be finite (no .nan or .inf) and are never true/false."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, data: Any) -> Any:
+        # pydantic would read `true` as 1 where a number is expected; in a file that is a slip, not a number.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(value, bool) else None
+                if field is not None and _takes_number(field.annotation):
+                    raise ValueError(f"{key}: {str(value).lower()} is a yes/no value; write a number")
+        return data
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field holds a plain int or float (optional or constrained), and not a bool."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    kinds = {get_args(a)[0] if get_origin(a) is Annotated else a for a in args}
+    return bool not in kinds and bool(kinds & {int, float})
 
 
 _Strict = Strict
@@ -76,6 +96,8 @@ class DiscreteParameter(_Strict):
             low, high, step = data.pop("low", None), data.pop("high", None), data.pop("step")
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high, step)):
                 raise ValueError("give low, high and step as numbers (e.g. low: 80, high: 200, step: 5), or values: [...]")
+            if any(abs(v) > MAX_ABS_BOUND for v in (low, high, step)):  # before float arithmetic on a huge int
+                raise ValueError(f"low, high and step must lie within ±{MAX_ABS_BOUND:g}")
             if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(step)) or step <= 0 or low >= high:
                 raise ValueError(f"need low < high and step > 0, got low={low}, high={high}, step={step}")
             n = (high - low) / step
@@ -162,7 +184,7 @@ Parameter = Annotated[
 
 def _check_bound_pair(low: float, high: float) -> None:
     for label, value in (("low", low), ("high", high)):
-        if not math.isfinite(value) or abs(value) > MAX_ABS_BOUND:
+        if abs(value) > MAX_ABS_BOUND or not math.isfinite(value):  # abs first: isfinite(10**400) overflows
             raise ValueError(f"{label}={value} is not a usable bound; use a finite number within ±{MAX_ABS_BOUND:g}")
     if not low < high:
         raise ValueError(f"low ({low}) must be below high ({high}); swap them or widen the range")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.constraints import TOLERANCE, LinearConstraint
+from orchestrator.constraints import LinearConstraint
 from orchestrator.errors import UserInputError
 from orchestrator.parameters import (
     CategoricalParameter,
@@ -139,7 +139,8 @@ class SearchSpace:
             levels = b[1, i] - b[0, i] + 1
             X[:, i] = torch.clamp(torch.floor(b[0, i] + U[:, i] * levels), b[0, i], b[1, i])
         for i in self.disc_dims:
-            values = torch.tensor(self.discrete_values()[i], dtype=DTYPE)
+            p = self.parameters[i]  # its values only: discrete_values() lists every integer of a wide range too
+            values = torch.tensor([_unit(v, p.low, p.high) for v in p.values], dtype=DTYPE)  # type: ignore[union-attr]
             X[:, i] = values[torch.clamp(torch.floor(U[:, i] * len(values)).long(), 0, len(values) - 1)]
         return X
 
@@ -209,18 +210,21 @@ def _unit(v: float, low: float, high: float) -> float:
 
 
 def _onto_simplex(conditions: dict[str, Any], c: LinearConstraint, params: Mapping[str, Parameter]) -> None:
-    """Makes a composition's components sum to its total exactly, by moving the rounding error onto the
-    component with the most room for it (within its bounds)."""
+    """Makes a composition's components sum to its total (to the tolerance ``LinearConstraint.holds`` allows),
+    by moving the error onto the component with the most room for it, spilling what does not fit within
+    its bounds onto the next."""
     names = list(c.coefficients)
     error = c.rhs - sum(conditions[n] for n in names)
     if error == 0.0:
         return
     room = {n: (params[n].high - conditions[n]) if error > 0 else (conditions[n] - params[n].low) for n in names}  # type: ignore[union-attr]
-    n = max(names, key=lambda k: room[k])
-    others = sum(conditions[k] for k in names if k != n)
-    conditions[n] = float(f"{c.rhs - others:.{SIGNIFICANT_DIGITS}g}")
-    if abs(sum(conditions[k] for k in names) - c.rhs) > TOLERANCE:
-        raise UserInputError(f"cannot place {names} on their simplex (sum {c.rhs:g}) within their bounds")
+    for n in sorted(names, key=lambda k: -room[k]):
+        others = sum(conditions[k] for k in names if k != n)
+        value = float(f"{c.rhs - others:.{SIGNIFICANT_DIGITS}g}")
+        conditions[n] = min(max(value, params[n].low), params[n].high)  # type: ignore[union-attr]
+        if c.holds(conditions):
+            return
+    raise UserInputError(f"cannot place {names} on their simplex (sum {c.rhs:g}) within their bounds")
 
 
 def _encode_one(p: Parameter, conditions: Mapping[str, Any]) -> float:
