@@ -101,10 +101,7 @@ def run(
 ) -> None:
     """Run (or resume) a campaign until its budget is used, then print a summary."""
     campaign = _load(campaign_file)
-    from orchestrator.backends import open_backend
-    from orchestrator.ledger import Ledger
-    from orchestrator.loop import CampaignRunner, run_loop
-    from orchestrator.report import ProgressPrinter, summary_table
+    from orchestrator.run_lock import RunLock
     from orchestrator.simulation import build_simulator
 
     with user_errors(campaign_file):
@@ -113,8 +110,30 @@ def run(
         from orchestrator.transfer import load_priors
 
         load_priors(campaign)  # so is a bad prior file: nothing is created before the campaign can run
-        with Ledger.for_campaign(campaign, results_dir) as ledger:
-            counts = ledger.counts()
+        lock = RunLock.for_campaign(campaign.name, results_dir)
+        lock.acquire()  # one writer per campaign: a second run is refused here, with the holder's pid
+    try:
+        _run_locked(campaign, campaign_file, results_dir, simulate, prefect, transcript, quiet)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    campaign: Campaign,
+    campaign_file: Path,
+    results_dir: Path,
+    simulate: bool,
+    prefect: bool,
+    transcript: Optional[Path],
+    quiet: bool,
+) -> None:
+    from orchestrator.backends import open_backend
+    from orchestrator.ledger import Ledger
+    from orchestrator.loop import CampaignRunner, run_loop
+    from orchestrator.report import ProgressPrinter, summary_table
+
+    with user_errors(campaign_file), Ledger.for_campaign(campaign, results_dir) as ledger:
+        counts = ledger.counts()
     done = counts["completed"] + counts["failed"]
     verb = "resuming" if sum(counts.values()) else "starting"
     where = "" if campaign.instruments is None else (" on simulated instruments" if simulate else " on the instruments")

@@ -34,6 +34,10 @@ class CampaignMismatchError(LedgerError, UserInputError):
     """The ledger on disk belongs to a campaign whose search space or outcomes differ from the file."""
 
 
+class CampaignBusyError(LedgerError, UserInputError):
+    """Another live process is running the same campaign (holds its run lock); the message names it."""
+
+
 class SimulatorError(OrchestratorError):
     """A simulator is misconfigured or returned something that is not a set of outcomes."""
 

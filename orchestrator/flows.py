@@ -20,6 +20,7 @@ from orchestrator.ledger import Experiment, Ledger
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.proposer import Observations
 from orchestrator.report import ProgressPrinter
+from orchestrator.run_lock import RunLock
 from orchestrator.backends import open_backend
 from orchestrator.surrogates import Surrogate
 
@@ -74,6 +75,7 @@ def campaign_flow(
     logger = get_run_logger()
     campaign = load_campaign(campaign_path)
     with (
+        RunLock.for_campaign(campaign.name, results_dir),  # re-entrant: a no-op where `orchestrator run` holds it
         Ledger.for_campaign(campaign, results_dir) as ledger,
         open_backend(campaign, results_dir, simulate=simulate, transcript_path=transcript_path) as backend,
     ):

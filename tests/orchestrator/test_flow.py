@@ -68,3 +68,29 @@ def test_flow_runs_a_campaign_on_simulated_instruments(prefect_api, tmp_path):
     assert counts["completed"] + counts["failed"] == LAB["budget"]["max_experiments"]
     with Ledger(tmp_path / "results" / "plate_lab" / "ledger.sqlite") as ledger:
         assert all(e.raw and "pl" in e.raw for e in ledger.experiments())
+
+
+def test_flow_takes_the_run_lock_itself(prefect_api, tmp_path, campaign_dict):
+    """Called directly (not through `orchestrator run`), the flow refuses a campaign another process is running."""
+    import subprocess
+    import sys
+
+    from orchestrator.errors import CampaignBusyError
+    from orchestrator.flows import run_campaign_flow
+
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(campaign_dict))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from orchestrator.run_lock import RunLock; "
+         "RunLock.for_campaign('toy', sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
+         str(tmp_path / "results")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CampaignBusyError, match=f"pid {holder.pid} on host"):
+            run_campaign_flow(path, tmp_path / "results", progress=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert not (tmp_path / "results" / "toy" / "ledger.sqlite").exists()
