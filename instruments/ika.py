@@ -383,9 +383,16 @@ class IkaHotplate(Driver):
 
     def _arm(self) -> None:
         seconds = self.options.watchdog_s
-        echo = self._query(format_watchdog(seconds), parse_watchdog_echo)
-        if abs(echo - seconds) > 0.01:
-            raise ProtocolError(f"watchdog echo {echo:g} s for OUT_WD1@{seconds}", instrument=self.name)
+
+        def checked_echo(frame: bytes) -> float:
+            # Checked inside the transport's parse so a wrong echo is retried like any garbled reply (arming is
+            # idempotent): a late "30" behind a truncated "30" frames as "3030" and must not fail the experiment.
+            echo = parse_watchdog_echo(frame)
+            if abs(echo - seconds) > 0.01:
+                raise ProtocolError(f"watchdog echo {echo:g} s for OUT_WD1@{seconds}", instrument=self.name)
+            return echo
+
+        self._query(format_watchdog(seconds), checked_echo)
         self._armed_at = self.clock.now_s()
 
     def _enter(self) -> None:

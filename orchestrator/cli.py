@@ -98,8 +98,20 @@ def run(
         Optional[Path], typer.Option("--transcript", help="Record every byte to and from the instruments (JSONL).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    fault_rate: Annotated[
+        float,
+        typer.Option(
+            "--fault-rate",
+            min=0.0,
+            max=0.5,
+            help="With --simulate: the chance that a simulated instrument reply is spoiled (fault soak).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Run (or resume) a campaign until its budget is used, then print a summary."""
+    if fault_rate and not simulate:
+        err_console.print("[bold red]error:[/] --fault-rate spoils simulated replies; it needs --simulate", highlight=False)
+        raise typer.Exit(2)
     campaign = _load(campaign_file)
     from orchestrator.run_lock import RunLock
     from orchestrator.simulation import build_simulator
@@ -113,7 +125,7 @@ def run(
         lock = RunLock.for_campaign(campaign.name, results_dir)
         lock.acquire()  # one writer per campaign: a second run is refused here, with the holder's pid
     try:
-        _run_locked(campaign, campaign_file, results_dir, simulate, prefect, transcript, quiet)
+        _run_locked(campaign, campaign_file, results_dir, simulate, prefect, transcript, quiet, fault_rate)
     finally:
         lock.release()
 
@@ -126,6 +138,7 @@ def _run_locked(
     prefect: bool,
     transcript: Optional[Path],
     quiet: bool,
+    fault_rate: float = 0.0,
 ) -> None:
     from orchestrator.backends import open_backend
     from orchestrator.ledger import Ledger
@@ -147,12 +160,21 @@ def _run_locked(
         from orchestrator.flows import run_campaign_flow
 
         with user_errors():
-            run_campaign_flow(campaign_file, results_dir, progress=not quiet, simulate=simulate, transcript_path=transcript)
+            run_campaign_flow(
+                campaign_file,
+                results_dir,
+                progress=not quiet,
+                simulate=simulate,
+                transcript_path=transcript,
+                fault_rate=fault_rate,
+            )
     else:
         with (
             user_errors(),
             Ledger.for_campaign(campaign, results_dir) as ledger,
-            open_backend(campaign, results_dir, simulate=simulate, transcript_path=transcript) as backend,
+            open_backend(
+                campaign, results_dir, simulate=simulate, transcript_path=transcript, fault_rate=fault_rate
+            ) as backend,
         ):
             runner = CampaignRunner(campaign, ledger, backend, None if quiet else ProgressPrinter(console))
             run_loop(runner)

@@ -61,6 +61,7 @@ def campaign_flow(
     progress: bool = True,
     simulate: bool = False,
     transcript_path: str | None = None,
+    fault_rate: float = 0.0,
 ) -> dict[str, int]:
     """Runs (or resumes) a campaign until its budget is used; returns the ledger's state counts.
 
@@ -71,13 +72,16 @@ def campaign_flow(
         progress: print a line per finished experiment.
         simulate: run the campaign's instruments as byte-level simulators.
         transcript_path: record every byte sent to and read from the instruments (JSONL).
+        fault_rate: with ``simulate``, the chance that a simulated reply is spoiled.
     """
     logger = get_run_logger()
     campaign = load_campaign(campaign_path)
     with (
         RunLock.for_campaign(campaign.name, results_dir),  # re-entrant: a no-op where `orchestrator run` holds it
         Ledger.for_campaign(campaign, results_dir) as ledger,
-        open_backend(campaign, results_dir, simulate=simulate, transcript_path=transcript_path) as backend,
+        open_backend(
+            campaign, results_dir, simulate=simulate, transcript_path=transcript_path, fault_rate=fault_rate
+        ) as backend,
     ):
         listener = ProgressPrinter(Console()) if progress else None
         runner = CampaignRunner(campaign, ledger, backend, on_event=listener)
@@ -100,6 +104,7 @@ def run_campaign_flow(
     progress: bool = True,
     simulate: bool = False,
     transcript_path: str | Path | None = None,
+    fault_rate: float = 0.0,
 ) -> dict[str, int]:
     """Runs ``campaign_flow`` tagged with the campaign's name, with one worker thread per batch slot."""
     campaign = load_campaign(campaign_path)
@@ -114,4 +119,5 @@ def run_campaign_flow(
             progress,
             simulate,
             str(transcript_path) if transcript_path is not None else None,
+            fault_rate,
         )

@@ -71,6 +71,7 @@ class FaultPlan:
         self._script: deque[FaultKind] = deque()
         self._lock = threading.Lock()
         self.applied: list[FaultKind] = []
+        self.replies = 0  # replies decided, spoiled or not
 
     def inject(self, kind: FaultKind, count: int = 1) -> None:
         """Spoils the next ``count`` replies with ``kind``."""
@@ -79,9 +80,18 @@ class FaultPlan:
         with self._lock:
             self._script.extend([kind] * count)
 
+    def counts(self) -> dict[FaultKind, int]:
+        """How many replies each kind has spoiled so far (kinds that never fired are left out)."""
+        with self._lock:
+            out: dict[FaultKind, int] = {}
+            for kind in self.applied:
+                out[kind] = out.get(kind, 0) + 1
+            return out
+
     def deliver(self, reply: bytes) -> Delivery:
         """Decides the fate of one reply."""
         with self._lock:
+            self.replies += 1
             if self._script:
                 kind: FaultKind | None = self._script.popleft()
             elif self.rate > 0 and self._rng.random() < self.rate:
