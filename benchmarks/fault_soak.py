@@ -49,6 +49,7 @@ from orchestrator.backends import open_backend  # noqa: E402
 from orchestrator.campaign import load_campaign  # noqa: E402
 from orchestrator.ledger import Ledger  # noqa: E402
 from orchestrator.loop import CampaignRunner, run_loop  # noqa: E402
+from simulators.bench import pump_runs_repeated  # noqa: E402
 
 CAMPAIGN = ROOT / "campaigns" / "perovskite_film_hardware.yaml"
 
@@ -60,30 +61,6 @@ def shorten(reason: str | None, width: int = 110) -> str:
     text = re.sub(r"\bexperiment \d+\b", "experiment N", text)
     text = re.sub(r"(?<![A-Za-z_])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", "#", text)
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def pump_runs_repeated(entries: list[dict[str, Any]]) -> list[str]:
-    """Pump ``RUN`` commands sent twice to one address within one experiment, from a transcript.
-
-    Experiments are told apart by the hotplate's ``OUT_SP_1`` set point, which every experiment of this
-    campaign sends first (a resent set point only splits an experiment further, which cannot hide a repeat).
-    """
-    repeated: list[str] = []
-    seen: set[bytes] = set()
-    segment = 0
-    for e in entries:
-        if e["dir"] != "tx":
-            continue
-        data = bytes.fromhex(e["hex"])
-        if data.startswith(b"OUT_SP_1 "):
-            segment += 1
-            seen = set()
-        m = re.fullmatch(rb"(\d+)RUN\r", data)
-        if m:
-            if m.group(1) in seen:
-                repeated.append(f"segment {segment}: RUN to pump {m.group(1).decode()} sent twice")
-            seen.add(m.group(1))
-    return repeated
 
 
 class _Count(logging.Handler):

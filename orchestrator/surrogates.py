@@ -84,9 +84,10 @@ def _transfer_model(space: SearchSpace, prior: "PriorModel", X: torch.Tensor, y:
     )
 
     def fitted(method: str, Xs: torch.Tensor, ys: torch.Tensor):
-        builders = {"none": _gp, "prior_mean": lambda *a: prior_mean_gp(*a[:1], prior, *a[1:]),
-                    "multitask": lambda *a: multitask_gp(*a[:1], prior, *a[1:])}
-        model = builders[method](space, Xs, ys)
+        if method == "none":
+            model = _gp(space, Xs, ys)
+        else:
+            model = (prior_mean_gp if method == "prior_mean" else multitask_gp)(space, prior, Xs, ys)
         _fit(model)
         return model
 

@@ -130,3 +130,27 @@ def _import(target: str, what: str) -> Callable[..., Any]:
     if not callable(func):
         raise UserInputError(f"{what}: '{module_name}' has no function '{func_name}'")
     return func
+
+
+def pump_runs_repeated(entries: list[dict]) -> list[str]:
+    """Pump ``RUN`` commands sent twice to one address within one experiment, from a transcript.
+
+    Experiments are told apart by the hotplate's ``OUT_SP_1`` set point, which every experiment of this
+    campaign sends first (a resent set point only splits an experiment further, which cannot hide a repeat).
+    """
+    repeated: list[str] = []
+    seen: set[bytes] = set()
+    segment = 0
+    for e in entries:
+        if e["dir"] != "tx":
+            continue
+        data = bytes.fromhex(e["hex"])
+        if data.startswith(b"OUT_SP_1 "):
+            segment += 1
+            seen = set()
+        m = re.fullmatch(rb"(\d+)RUN\r", data)
+        if m:
+            if m.group(1) in seen:
+                repeated.append(f"segment {segment}: RUN to pump {m.group(1).decode()} sent twice")
+            seen.add(m.group(1))
+    return repeated

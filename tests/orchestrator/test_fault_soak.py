@@ -16,24 +16,8 @@ from orchestrator.campaign import load_campaign
 from orchestrator.cli import app
 from orchestrator.ledger import Ledger
 from orchestrator.loop import CampaignRunner, run_loop
+from simulators.bench import pump_runs_repeated
 from tests.conftest import REPO
-
-
-def _repeated_pump_runs(entries: list[dict]) -> list[str]:
-    """``<addr>RUN`` sent twice to one pump between two hotplate set points (each experiment's first step)."""
-    repeated, seen, segment = [], set(), 0
-    for e in entries:
-        if e["dir"] != "tx":
-            continue
-        data = bytes.fromhex(e["hex"])
-        if data.startswith(b"OUT_SP_1 "):
-            segment, seen = segment + 1, set()
-        m = re.fullmatch(rb"(\d+)RUN\r", data)
-        if m:
-            if m.group(1) in seen:
-                repeated.append(f"experiment segment {segment}: pump {m.group(1).decode()}")
-            seen.add(m.group(1))
-    return repeated
 
 
 @pytest.mark.slow
@@ -57,7 +41,7 @@ def test_a_campaign_with_ten_percent_faulty_replies_uses_its_budget(tmp_path):
     assert all((e.error or "").strip() for e in exps if e.state == "failed"), [e.error for e in exps]
     entries = Transcript.load(transcript)
     assert any(re.fullmatch(rb"\d+RUN\r", bytes.fromhex(e["hex"])) for e in entries if e["dir"] == "tx")
-    assert _repeated_pump_runs(entries) == []
+    assert pump_runs_repeated(entries) == []
 
 
 def test_the_fault_rate_option_needs_simulate(tmp_path):
