@@ -4,16 +4,23 @@
 ``open_backend(..., simulate=True, fault_rate=...)``, a ``CampaignRunner`` on a SQLite ledger in a temporary
 results folder and ``run_loop``. Each seed is a fresh run with the campaign's ``seed`` set to it (which also
 seeds the bench's measurement noise and its fault plans). Every port's :class:`~simulators.faults.FaultPlan`
-spoils each reply with probability ``--fault-rate``, drawing the kind from the bench's default kinds
-(``no_reply``, ``partial``, ``corrupt``, ``late``).
+spoils each reply with probability ``--fault-rate``, drawing the kind from the bench's mix
+(:data:`simulators.faults.SOAK_KINDS`): line faults (``no_reply``, ``partial``, ``corrupt``, ``late``, ``noise``),
+a measurement that is NaN or out of range (``bad_value``), the device's own error state (``device_error``)
+and a port that vanishes and comes back (``disconnect``).
+
+Faults start once the instruments are connected. Connecting is not retried beyond each query's own tries
+(a pump alarm or three spoiled replies to one connect query end the run before its first experiment), and
+what is soaked here is the loop: with faults from the first byte, both seeds of ``--seeds 2`` failed to
+connect. A run that cannot connect is reported and counts as a failed soak.
 
 Printed per run and in total:
 
 - experiments completed / failed of the budget, and any left ``proposed`` or ``running`` (must be none);
 - failure reasons grouped by cause: the ledger's reason with numbers and quoted bytes blanked, shortened;
-- replies decided by the fault plans and how many each fault kind spoiled;
+- replies decided by the fault plans and how many each fault kind spoiled (per run and in total);
 - transport retries (``instruments.transport`` "retrying" log records: an idempotent command sent again),
-  reconnects (the transports' ``reopens``), and lost ``RUN`` replies the pump driver resolved by asking the
+  disconnects the simulated ports made and reconnects the transports made (``reopens``), and lost ``RUN`` replies the pump driver resolved by asking the
   pump (``instruments.new_era`` warnings) instead of resending;
 - duplicate pump ``RUN`` commands within one experiment, from the transcript (must be none);
 - wall time.
@@ -47,6 +54,7 @@ import simulators.bench as bench_module  # noqa: E402
 from instruments.transport import Transcript  # noqa: E402
 from orchestrator.backends import open_backend  # noqa: E402
 from orchestrator.campaign import load_campaign  # noqa: E402
+from orchestrator.errors import UserInputError  # noqa: E402
 from orchestrator.ledger import Ledger  # noqa: E402
 from orchestrator.loop import CampaignRunner, run_loop  # noqa: E402
 from simulators.bench import pump_runs_repeated  # noqa: E402
@@ -98,7 +106,10 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
     class Recorded(original):  # type: ignore[misc, valid-type]
         def start(self):  # type: ignore[no-untyped-def]
             benches.append(self)
-            return super().start()
+            started = super().start()
+            for device in self.devices.values():
+                device.faults.set_rate(0.0)  # faults begin once connected: see the module docstring
+            return started
 
     counter = _Count()
     loggers = [logging.getLogger("instruments.transport"), logging.getLogger("instruments.new_era")]
@@ -116,6 +127,9 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
                 campaign, results, simulate=True, transcript_path=transcript_path, fault_rate=fault_rate
             ) as backend,
         ):
+            for bench in benches:
+                for device in bench.devices.values():
+                    device.faults.set_rate(fault_rate)
             run_loop(CampaignRunner(campaign, ledger, backend))
             transports = {id(d.transport): d.transport for d in backend.drivers.values()}
             reopens = sum(t.reopens for t in transports.values())
@@ -128,11 +142,12 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
             lg.setLevel(level)
     wall = time.perf_counter() - t0
     faults: Counter[str] = Counter()
-    replies = 0
+    replies = disconnects = 0
     for bench in benches:
         for device in bench.devices.values():
             faults.update(device.faults.counts())
             replies += device.faults.replies
+            disconnects += device.disconnects
     return {
         "seed": seed,
         "budget": campaign.budget.max_experiments,
@@ -144,6 +159,7 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
         "retries": counter.retries,
         "run_lost": counter.run_lost,
         "reopens": reopens,
+        "disconnects": disconnects,
         "repeated_runs": pump_runs_repeated(Transcript.load(transcript_path)),
         "wall_s": wall,
     }
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fault-rate", type=float, default=0.10, help="chance that a reply is spoiled (default 0.10)")
     parser.add_argument("--seeds", type=int, default=3, help="runs, with campaign seeds 1..N (default 3)")
+    parser.add_argument("--first-seed", type=int, default=1, help="start the seeds here instead of 1")
     parser.add_argument("--budget", type=int, default=None, help="max_experiments override (default: the campaign's)")
     parser.add_argument("--keep", type=Path, default=None, help="keep ledgers and transcripts in this folder")
     args = parser.parse_args(argv)
@@ -160,22 +177,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fault-rate must be within [0, 1]")
 
     runs = []
+    not_started: list[int] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fault_soak_") as tmp:
         workdir = Path(tmp) if args.keep is None else args.keep
         workdir.mkdir(parents=True, exist_ok=True)
-        for seed in range(1, args.seeds + 1):
-            r = soak_once(seed, args.fault_rate, args.budget, workdir)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            try:
+                r = soak_once(seed, args.fault_rate, args.budget, workdir)
+            except UserInputError as exc:
+                # Connecting is not retried beyond the transport's own tries: three spoiled replies in a row
+                # to one connect query end the run before any experiment. Say so, and go on to the next seed.
+                print(f"seed {seed}: did not start: {exc}", flush=True)
+                not_started.append(seed)
+                continue
             runs.append(r)
             c = r["counts"]
             spoiled = sum(r["faults"].values())
             print(
                 f"seed {seed}: {c['completed']} completed, {c['failed']} failed of {r['budget']}"
                 f" (proposed {c['proposed']}, running {c['running']}); replies {r['replies']}, spoiled {spoiled}"
-                f" ({100 * spoiled / max(1, r['replies']):.1f} %); retries {r['retries']}, reopens {r['reopens']},"
-                f" RUN replies lost {r['run_lost']}; {r['wall_s']:.1f} s",
+                f" ({100 * spoiled / max(1, r['replies']):.1f} %); retries {r['retries']}, disconnects"
+                f" {r['disconnects']}, reopens {r['reopens']}, RUN replies lost {r['run_lost']}; {r['wall_s']:.1f} s",
                 flush=True,
             )
+            print("  faults: " + (", ".join(f"{k} {v}" for k, v in r["faults"].most_common()) or "none"), flush=True)
+            for reason, n in r["reasons"].most_common():
+                print(f"  failed {n:3d}  {reason}", flush=True)
     total_wall = time.perf_counter() - t0
 
     def total(key: str) -> int:
@@ -202,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ))
     print(
         f"transport: {sum(r['retries'] for r in runs)} retries of idempotent commands, "
-        f"{sum(r['reopens'] for r in runs)} reopens; pump RUN replies lost and resolved by asking: "
+        f"{sum(r['disconnects'] for r in runs)} disconnects, {sum(r['reopens'] for r in runs)} reopens; pump RUN replies lost and resolved by asking: "
         f"{sum(r['run_lost'] for r in runs)}"
     )
     print(f"pump RUN sent twice in one experiment: {len(repeated)}")
@@ -215,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         and r["counts"]["running"] == 0
         for r in runs
     )
-    ok = ok and not repeated and empty == 0
+    ok = ok and not repeated and empty == 0 and not not_started
+    if not_started:
+        print(f"runs that could not connect: seeds {not_started}")
     print("OK: every run used its budget" if ok else "FAILED: a run did not use its budget, or a RUN was repeated")
     return 0 if ok else 1
 

@@ -36,6 +36,8 @@ class Driver:
 
     Class attributes:
         ACTIONS: names of the methods a procedure may call (e.g. ``set_temperature``).
+        REPEATABLE: the actions that do no harm when sent again after a crash left their effect unknown
+            (absolute set points, moves to a position, measurements); a dispense is not one of them.
         Limits: the pydantic model of this instrument's safe limits (campaign ``limits:``).
         Options: the pydantic model of its other settings (campaign ``options:``: address, syringe size …).
 
@@ -48,6 +50,7 @@ class Driver:
     """
 
     ACTIONS: ClassVar[frozenset[str]] = frozenset()
+    REPEATABLE: ClassVar[frozenset[str]] = frozenset()
     Limits: ClassVar[type[Settings]] = Settings
     Options: ClassVar[type[Settings]] = Settings
 
@@ -84,6 +87,10 @@ class Driver:
         if check is not None:
             check(**kwargs)
 
+    def repeatable(self, action: str) -> bool:
+        """Whether sending ``action`` again is harmless when it is unknown whether the first one acted."""
+        return action in self.REPEATABLE
+
     def action_parameters(self, action: str) -> list[str]:
         """The keyword names ``action`` takes, in order (a procedure's scalar argument goes to the first)."""
         return [p for p in inspect.signature(getattr(self, action)).parameters if p != "self"]
@@ -106,7 +113,11 @@ class Driver:
 
     def number(self, value: Any, what: str) -> float:
         """``value`` as a float; :class:`LimitError` for anything that is not a finite number (NaN, inf, text)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        except OverflowError:  # an int too large for a float (10**400)
+            finite = False
+        if not finite:
             raise LimitError(f"{what} must be a finite number, got {value!r}; refusing to send it", instrument=self.name)
         return float(value)
 
@@ -116,15 +127,24 @@ class Driver:
             raise LimitError(f"{what} is NaN; refusing to send it", instrument=self.name)
         if maximum is not None and value > maximum:
             raise LimitError(
-                f"{what} {value:g} {unit} exceeds the limit {maximum:g} {unit}; refused before sending. "
+                f"{what} {_show(value)} {unit} exceeds the limit {_show(maximum)} {unit}; refused before sending. "
                 "Narrow the campaign's range or raise the limit in the instrument's 'limits:' if the device allows it",
                 instrument=self.name,
             )
         if minimum is not None and value < minimum:
             raise LimitError(
-                f"{what} {value:g} {unit} is below the limit {minimum:g} {unit}; refused before sending",
+                f"{what} {_show(value)} {unit} is below the limit {_show(minimum)} {unit}; refused before sending",
                 instrument=self.name,
             )
+
+
+def _show(value: float) -> str:
+    """A number for a message: 12 significant digits (199.9996, not 200); an int too large for a float abridged."""
+    try:
+        return f"{value:.12g}"
+    except OverflowError:
+        text = str(value)
+        return f"{text[:8]}…({len(text)} digits)"
 
 
 @dataclass(frozen=True)

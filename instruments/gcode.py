@@ -118,6 +118,11 @@ def _alarm(code: int) -> DeviceError:
     return DeviceError(f"ALARM:{code} ({ALARMS.get(code, 'unknown alarm')})", code=f"ALARM:{code}")
 
 
+def as_sent(value: float, decimals: int) -> float:
+    """``value`` as a move block carries it: coordinates with 3 decimals, the feed with 1."""
+    return float(f"{value:.{decimals}f}")
+
+
 def format_move(x_mm: float, y_mm: float, z_mm: float, feed_mm_min: float) -> bytes:
     """The block for an absolute feed move in machine coordinates, LF-terminated."""
     values = (x_mm, y_mm, z_mm, feed_mm_min)
@@ -201,6 +206,8 @@ class GcodeStage(Driver):
     """An XYZ stage on a GRBL 1.1 controller. See the module docstring for the protocol and choices."""
 
     ACTIONS = frozenset({"home", "move_to", "move_to_station", "position", "halt"})
+    # Moves are absolute: sent again they end where they would have.
+    REPEATABLE = frozenset({"home", "move_to", "move_to_station", "position", "halt"})
 
     class Limits(Settings):
         """Travel envelope (machine coordinates, mm; required) and the fastest feed the driver may ask."""
@@ -242,6 +249,9 @@ class GcodeStage(Driver):
         super().__init__(transport, name=name, limits=limits, options=options, clock=clock)
         lim, opt = self.limits, self.options
         self.limit(opt.feed_mm_min, lim.max_feed_mm_min, "options.feed_mm_min", "mm/min")
+        self.limit(as_sent(opt.feed_mm_min, 1), lim.max_feed_mm_min, "options.feed_mm_min as sent (1 decimal)", "mm/min")
+        if as_sent(opt.feed_mm_min, 1) <= 0:
+            raise LimitError(f"options.feed_mm_min {opt.feed_mm_min:g} is sent as F0.0", instrument=self.name)
         if opt.safe_z_mm is not None:
             self.limit(opt.safe_z_mm, lim.z_mm[1], "options.safe_z_mm", "mm", lim.z_mm[0])
         for station, point in opt.stations.items():
@@ -251,13 +261,17 @@ class GcodeStage(Driver):
     # --- checks (pure) ---------------------------------------------------------------------------
     def _check_target(self, point: Axes, what: str) -> None:
         for axis, value, (low, high) in zip("xyz", point, (self.limits.x_mm, self.limits.y_mm, self.limits.z_mm)):
-            self.limit(self.number(value, f"{what} {axis}"), high, f"{what} {axis}", "mm", low)
+            v = self.number(value, f"{what} {axis}")
+            self.limit(v, high, f"{what} {axis}", "mm", low)
+            self.limit(as_sent(v, 3), high, f"{what} {axis} as sent (3 decimals)", "mm", low)
 
     def _check_feed(self, feed_mm_min: float | None) -> None:
         if feed_mm_min is not None:
-            self.limit(self.number(feed_mm_min, "feed"), self.limits.max_feed_mm_min, "feed", "mm/min")
-            if feed_mm_min <= 0:
-                raise LimitError(f"feed must be positive, got {feed_mm_min}", instrument=self.name)
+            feed = self.number(feed_mm_min, "feed")
+            self.limit(feed, self.limits.max_feed_mm_min, "feed", "mm/min")
+            self.limit(as_sent(feed, 1), self.limits.max_feed_mm_min, "feed as sent (1 decimal)", "mm/min")
+            if as_sent(feed, 1) <= 0:
+                raise LimitError(f"feed must be positive (at least 0.1 mm/min as sent), got {feed_mm_min}", instrument=self.name)
 
     def _check_move_to(self, x_mm: float, y_mm: float, z_mm: float, feed_mm_min: float | None = None) -> None:
         self._check_target((x_mm, y_mm, z_mm), "target")

@@ -59,6 +59,7 @@ EOL = b"\r\n"
 WATCHDOG_MIN_S, WATCHDOG_MAX_S = 20, 1500
 SENSOR_ERROR_AT_OR_BELOW_C = -50.0
 SETPOINT_TOLERANCE = 0.5
+ABSOLUTE_ZERO_C, TEMPERATURE_MAX_C = -273.15, 1000.0  # beyond any NAMUR hotplate's sensors (RCT: -10..350 °C)
 _VALUE = re.compile(r"(-?\d{1,6}(?:\.\d{0,6})?)\s+(\d{1,2})")
 _ERROR = re.compile(r"ER\s*(\d{1,3})")
 _ECHO = re.compile(r"(\d{1,6}(?:\.\d{0,6})?)(?:\s+\S+)?")
@@ -82,6 +83,11 @@ def format_set_temperature(temp_c: float) -> bytes:
 def format_set_speed(rpm: float) -> bytes:
     """``OUT_SP_4 <rpm>``, rounded to a whole rpm."""
     return f"OUT_SP_4 {int(round(float(rpm)))}".encode("ascii") + EOL
+
+
+def _sent(payload: bytes) -> float:
+    """The number a set command (``OUT_SP_1 150.0``) carries, as the device will read it."""
+    return float(payload.split()[1])
 
 
 def format_watchdog(seconds: int) -> bytes:
@@ -116,6 +122,19 @@ def parse_reading(frame: bytes) -> tuple[float, int]:
     return float(m[1]), int(m[2])
 
 
+def parse_temperature(frame: bytes) -> tuple[float, int]:
+    """A temperature reading (``IN_PV_1``/``IN_PV_2``) as :func:`parse_reading`, which must be physically
+    possible: a reading below absolute zero or above ``TEMPERATURE_MAX_C`` (a sensor fault or a reply garbled
+    into another number) is a :class:`ProtocolError`, so the query is asked again rather than the number used."""
+    value, channel = parse_reading(frame)
+    if not ABSOLUTE_ZERO_C <= value <= TEMPERATURE_MAX_C:
+        raise ProtocolError(
+            f"temperature reading {value:g} °C in {frame!r} is outside {ABSOLUTE_ZERO_C:g}..{TEMPERATURE_MAX_C:g} °C, "
+            "which no hotplate sensor reads; if it persists, check the sensor and its plug"
+        )
+    return value, channel
+
+
 def parse_name(frame: bytes) -> str:
     """The ``IN_NAME`` reply: the device's name."""
     text = _text(frame)
@@ -143,6 +162,7 @@ class IkaHotplate(Driver):
         "set_temperature", "heat_off", "read_temperature", "wait_for_temperature", "hold", "set_stir_rate", "stir_off",
         "keepalive",
     })
+    REPEATABLE = ACTIONS  # set points and reads are absolute; a second one changes nothing
 
     class Limits(Settings):
         """``max_temp_c``: highest set point (the device's safety temperature caps it further);
@@ -182,13 +202,17 @@ class IkaHotplate(Driver):
     # --- limit checks (pure) ----------------------------------------------------------------------
     def _check_set_temperature(self, temp_c: float) -> None:
         t, safety = self.number(temp_c, "temp_c"), self.safety_temp_c
-        if safety is not None and t > safety and safety < self.limits.max_temp_c:
-            msg = f"temperature set point {t:g} °C exceeds the device's safety temperature {safety:g} °C (IN_SP_3)"
-            raise LimitError(msg + "; refused before sending", instrument=self.name)
-        self.limit(t, self.limits.max_temp_c, "temperature set point", "°C", minimum=0.0)
+        # As asked, and as sent with one decimal (149.96 goes out as 150.0, over a 149.97 limit).
+        for value, what in ((t, "temperature set point"), (_sent(format_set_temperature(t)), "temperature set point as sent")):
+            if safety is not None and value > safety and safety < self.limits.max_temp_c:
+                msg = f"{what} {value:g} °C exceeds the device's safety temperature {safety:g} °C (IN_SP_3)"
+                raise LimitError(msg + "; refused before sending", instrument=self.name)
+            self.limit(value, self.limits.max_temp_c, what, "°C", minimum=0.0)
 
     def _check_set_stir_rate(self, rpm: float) -> None:
-        self.limit(self.number(rpm, "rpm"), self.limits.max_stir_rpm, "stirring speed", "rpm", minimum=0.0)
+        r = self.number(rpm, "rpm")
+        self.limit(r, self.limits.max_stir_rpm, "stirring speed", "rpm", minimum=0.0)
+        self.limit(_sent(format_set_speed(r)), self.limits.max_stir_rpm, "stirring speed as sent (whole rpm)", "rpm", minimum=0.0)
 
     def _check_wait_for_temperature(self, tolerance_c: float = 2.0, timeout_s: float = 1800.0) -> None:
         self.limit(self.number(tolerance_c, "tolerance_c"), 100.0, "tolerance", "°C", minimum=0.1)
@@ -342,14 +366,14 @@ class IkaHotplate(Driver):
     def _query(self, payload: bytes, parse: Any) -> Any:
         return self.transport.query(payload, end=EOL, parse=parse, idempotent=True)
 
-    def _reading(self, query: str, channel: int) -> float:
+    def _reading(self, query: str, channel: int, parse: Any = parse_reading) -> float:
         try:
-            value, got = self._query(format_command(query), parse_reading)
+            value, got = self._query(format_command(query), parse)
         except DeviceError as exc:
             if exc.code != "ER 2":
                 raise DeviceError(str(exc), code=exc.code, instrument=self.name) from None
             self._tripped(f"{query} was answered ER 2")
-            value, got = self._query(format_command(query), parse_reading)
+            value, got = self._query(format_command(query), parse)
         if got != channel:
             raise ProtocolError(f"{query} was answered for channel {got}, not {channel}", instrument=self.name)
         return value
@@ -374,8 +398,8 @@ class IkaHotplate(Driver):
 
     def _read_sensor(self) -> float:
         if self.options.control_sensor == "plate":
-            return self._reading("IN_PV_2", 2)
-        temp = self._reading("IN_PV_1", 1)
+            return self._reading("IN_PV_2", 2, parse_temperature)
+        temp = self._reading("IN_PV_1", 1, parse_temperature)
         if temp <= SENSOR_ERROR_AT_OR_BELOW_C:
             msg = f"external sensor reads {temp:g} °C: sensor error (unplugged or broken); check the PT1000 and its plug"
             raise DeviceError(msg, code="sensor", instrument=self.name)

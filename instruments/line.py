@@ -233,6 +233,25 @@ def parse_reply(
     return {k: _value(v) for k, v in m.groupdict().items()}
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400)
+        return False
+
+
+def _as_sent(template: str, arg: str, value: Any) -> list[str]:
+    """How ``arg`` reads in the command, once per field of the template that formats it."""
+    out = []
+    for _literal, field, spec, _conversion in string.Formatter().parse(template):
+        if field == arg:
+            try:
+                out.append(format(value, spec or "").strip())
+            except (ValueError, TypeError):
+                pass  # format_command reports it
+    return out
+
+
 def check_arguments(
     command: str,
     spec: CommandSpec,
@@ -248,7 +267,7 @@ def check_arguments(
             one of the choices, or one the template cannot format.
     """
     missing = sorted(set(spec.args) - set(kwargs))
-    extra = sorted(set(kwargs) - set(spec.args))
+    extra = sorted(repr(k) if not isinstance(k, str) else k for k in set(kwargs) - set(spec.args))  # {1: 2} too
     if missing or extra:
         raise LimitError(
             f"{command}: " + "; ".join(
@@ -264,13 +283,20 @@ def check_arguments(
             if isinstance(value, bool) or value not in same_kind:
                 raise LimitError(f"{command}: {arg}={value!r} is not one of {bounds.choices}", instrument=instrument)
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise LimitError(f"{command}: {arg} must be a finite number, got {value!r}", instrument=instrument)
         if not bounds.min <= value <= bounds.max:  # type: ignore[operator] - both set for numbers
             raise LimitError(
-                f"{command}: {arg}={value:g} is outside [{bounds.min:g}, {bounds.max:g}]; refused before sending",
+                f"{command}: {arg}={value:.12g} is outside [{bounds.min:.12g}, {bounds.max:.12g}]; refused before sending",
                 instrument=instrument,
             )
+        for text in _as_sent(spec.send, arg, value):  # {value:.1f} sends 79.96 as 80.0, over a 79.97 bound
+            if _NUMBER.fullmatch(text) and not bounds.min <= float(text) <= bounds.max:  # type: ignore[operator]
+                raise LimitError(
+                    f"{command}: {arg}={value:.12g} is sent as {text}, outside [{bounds.min:.12g}, {bounds.max:.12g}]; "
+                    "refused before sending",
+                    instrument=instrument,
+                )
     try:
         format_command(spec.send, kwargs, terminator, encoding)
     except LimitError as exc:
@@ -335,6 +361,11 @@ class LineDriver(Driver):
             for n, c in opt.commands.items()
         }
         self._banner = re.compile(opt.ready_banner) if opt.ready_banner is not None else None
+
+    def repeatable(self, action: str) -> bool:
+        """A configured command is harmless to send again exactly when it is declared ``idempotent``."""
+        spec = self.options.commands.get(action)
+        return spec is not None and spec.idempotent
 
     # --- the safety contract ---------------------------------------------------------------------
     def validate(self, action: str, kwargs: Mapping[str, Any]) -> None:

@@ -108,9 +108,10 @@ def format_number(value: float) -> str:
     raise ValueError(f"{value:g} does not fit the pump's 4 digits")
 
 
-def best_units(value: float, units: dict[str, float]) -> tuple[str, str, float]:
+def best_units(value: float, units: dict[str, float], at_most: float = math.inf) -> tuple[str, str, float]:
     """(number text, unit, the value it means) for the unit of ``units`` (name → base per unit) that sends ``value``
-    (base units) most precisely; ties go to the first. ValueError when none can express it."""
+    (base units) most precisely without meaning more than ``at_most`` (a limit: 777.77 µL is not sent as 777.8);
+    ties go to the first. ValueError when none can express it."""
     best: tuple[float, str, str, float] | None = None
     for unit, factor in units.items():
         try:
@@ -118,6 +119,8 @@ def best_units(value: float, units: dict[str, float]) -> tuple[str, str, float]:
         except ValueError:
             continue
         sent = float(text) * factor
+        if sent > at_most:
+            continue
         error = abs(sent - value) / value if value else abs(sent)
         if best is None or error < best[0]:
             best = (error, text, unit, sent)
@@ -231,6 +234,7 @@ class NewEraPump(Driver):
     """One New Era syringe pump, addressed on a (possibly shared) port. See the module docstring."""
 
     ACTIONS = frozenset({"dispense", "withdraw", "stop"})
+    REPEATABLE = frozenset({"stop"})  # a dispense sent twice uses precursor twice
 
     class Limits(Settings):
         """``syringe_volume_ul``: the syringe's capacity, which no single run may exceed; ``max_rate_ul_min``;
@@ -288,13 +292,19 @@ class NewEraPump(Driver):
             raise LimitError(msg, instrument=self.name)
         self.limit(volume, self.limits.max_volume_ul or syringe, "volume", "µL")
         self.limit(rate, self.limits.max_rate_ul_min, "rate", "µL/min")
-        for value, units, what in ((volume, VOLUME_UNITS, "volume µL"), (rate, RATE_UNITS, "rate µL/min")):
+        for value, units, what, top in (
+            (volume, VOLUME_UNITS, "volume µL", self._max_volume_ul()), (rate, RATE_UNITS, "rate µL/min", self.limits.max_rate_ul_min)
+        ):
             try:
-                _, _, sent = best_units(value, units)
+                _, _, sent = best_units(value, units, at_most=top)
             except ValueError:
                 sent = 0.0
             if abs(sent - value) > REL_TOLERANCE * value:
-                raise LimitError(f"{what} {value:g} cannot be sent in the pump's 4-digit format", instrument=self.name)
+                msg = f"{what} {value:g} cannot be sent in the pump's 4-digit format without exceeding the limit {top:.12g}"
+                raise LimitError(msg, instrument=self.name)
+
+    def _max_volume_ul(self) -> float:
+        return self.limits.max_volume_ul or self.limits.syringe_volume_ul
 
     _check_dispense = _check_withdraw = _check_pumping
 
@@ -393,11 +403,11 @@ class NewEraPump(Driver):
 
     def _configure(self, volume: float, rate: float, direction: Direction) -> None:
         self._set_diameter()
-        vol_text, vol_unit, vol_sent = best_units(volume, VOLUME_UNITS)
+        vol_text, vol_unit, vol_sent = best_units(volume, VOLUME_UNITS, at_most=self._max_volume_ul())
         self._ack(format_command(self.address, "VOL", vol_unit))
         self._ack(format_command(self.address, "VOL", vol_text))
         self._verify("volume", vol_sent, self._query(format_command(self.address, "VOL"), parse_volume), "µL")
-        rate_text, rate_unit, rate_sent = best_units(rate, RATE_UNITS)
+        rate_text, rate_unit, rate_sent = best_units(rate, RATE_UNITS, at_most=self.limits.max_rate_ul_min)
         self._ack(format_command(self.address, "RAT", rate_text + rate_unit))
         self._verify("rate", rate_sent, self._query(format_command(self.address, "RAT"), parse_rate), "µL/min")
         self._ack(format_command(self.address, "DIR", direction))

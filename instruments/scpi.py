@@ -70,6 +70,7 @@ T = TypeVar("T")
 IDN_PREFIX = "KEITHLEY INSTRUMENTS INC.,MODEL 24"
 OVERFLOW = 9.9e37  # the 2400 reports +9.91E+37 for an overflowed or unmeasured element
 MIN_COMPLIANCE_A = 1e-9  # the lowest current compliance a 2400 accepts
+MAX_READING_V, MAX_READING_A = 1100.0, 10.5  # the widest ranges of the series (2410: 1100 V; 2430 pulse: 10.5 A)
 _QUEUE_READS = 12  # the queue holds 10 entries plus the overflow entry
 _RTOL = 1e-4  # read-back tolerance, relative (the 2400 echoes the programmed value in 7 digits)
 _NUMBER = re.compile(r"[+-]?(?:\d{1,20}(?:\.\d{0,20})?|\.\d{1,20})(?:[eE][+-]?\d{1,3})?")
@@ -167,6 +168,19 @@ def parse_read(frame: bytes) -> tuple[float, float]:
     return volts, amps
 
 
+def parse_measurement(frame: bytes) -> tuple[float, float]:
+    """A measured ``:READ?`` reply as :func:`parse_read`, which must be within what a 2400-series instrument can
+    source or measure (``MAX_READING_V``, ``MAX_READING_A``): a larger number is a reply garbled into another
+    number, a :class:`ProtocolError`, so the reading is taken again rather than the number used."""
+    volts, amps = parse_read(frame)
+    if abs(volts) > MAX_READING_V or abs(amps) > MAX_READING_A:
+        raise ProtocolError(
+            f":READ? reply {frame!r} is beyond any 2400-series range (±{MAX_READING_V:g} V, ±{MAX_READING_A:g} A); "
+            "if it persists, check the instrument and its cable"
+        )
+    return volts, amps
+
+
 def parse_error(frame: bytes) -> tuple[int, str]:
     """``:SYST:ERR?`` reply: (code, message); code 0 means the queue is empty."""
     match = _ERROR.fullmatch(_text(frame))
@@ -194,6 +208,7 @@ class Keithley2400(Driver):
     """A Keithley 2400-series SourceMeter used as a voltage source that measures current."""
 
     ACTIONS = frozenset({"identify", "source_voltage", "measure", "iv_sweep", "output_off"})
+    REPEATABLE = ACTIONS  # absolute settings and measurements of a device that is left as it was
 
     class Limits(Settings):
         """Safe limits.
@@ -229,11 +244,15 @@ class Keithley2400(Driver):
 
     # --- limit checks (pure) ---------------------------------------------------------------------
     def _check_volts(self, voltage_v: object, what: str) -> None:
-        self.limit(abs(self.number(voltage_v, what)), self.limits.max_voltage_v, f"|{what}|", "V")
+        volts = abs(self.number(voltage_v, what))
+        self.limit(volts, self.limits.max_voltage_v, f"|{what}|", "V")
+        # As sent in 7 digits: 1.23456789 V goes out as +1.234568E+00.
+        self.limit(float(_nr3(volts)), self.limits.max_voltage_v, f"|{what}| as sent", "V")
 
     def _check_compliance(self, compliance_a: object) -> None:
         value = self.number(compliance_a, "current compliance")
         self.limit(value, self.limits.max_current_a, "current compliance", "A", minimum=MIN_COMPLIANCE_A)
+        self.limit(float(_nr3(value)), self.limits.max_current_a, "current compliance as sent", "A", minimum=MIN_COMPLIANCE_A)
 
     def _check_identify(self) -> None:
         """Nothing to check."""
@@ -412,7 +431,7 @@ class Keithley2400(Driver):
         for _ in range(1 + self.options.read_retries):
             try:
                 return self.transport.query(
-                    format_command(READ, self._t), end=self._end, parse=parse_read, idempotent=True, retries=0
+                    format_command(READ, self._t), end=self._end, parse=parse_measurement, idempotent=True, retries=0
                 )
             except DeviceError as exc:
                 raise naming(exc, self.name) from None

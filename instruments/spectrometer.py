@@ -235,6 +235,7 @@ class Spectrometer(Driver):
     """A spectrometer controller on a serial line (the ASCII protocol of this module)."""
 
     ACTIONS = frozenset({"identify", "set_integration", "measure", "dark"})
+    REPEATABLE = ACTIONS  # a second exposure measures the same film
 
     class Limits(Settings):
         """Allowed settings.
@@ -277,6 +278,8 @@ class Spectrometer(Driver):
         value = self.number(integration_ms, "integration time")
         low, high = self.limits.min_integration_ms, self.limits.max_integration_ms
         self.limit(value, high, "integration time", "ms", minimum=low)
+        sent = float(format_integration(value).split()[1])  # 3 decimals: 1999.9996 goes out as 2000.000
+        self.limit(sent, high, "integration time as sent (3 decimals)", "ms", minimum=low)
 
     def _check_measure(self, integration_ms: float | None = None, averages: int = 1) -> None:
         if integration_ms is not None:

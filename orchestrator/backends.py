@@ -72,12 +72,12 @@ def _instruments(
         with SimulatedBench(campaign, Path(results_dir) / campaign.name / "simulated", fault_rate=fault_rate) as bench:
             drivers = make_drivers(campaign, port_map=bench.port_map, transcript=transcript, clock=bench.lab.clock)
             backend = InstrumentBackend(
-                campaign, drivers, bench.lab.clock, raw_dir, before_experiment=bench.lab.new_sample, rerun_safe=True
+                campaign, drivers, bench.lab.clock, raw_dir, before_experiment=bench.lab.new_sample, inquire=bench.inquire
             )
             yield from _connected(backend)
         return
     drivers = make_drivers(campaign, transcript=transcript, clock=WallClock())
-    yield from _connected(InstrumentBackend(campaign, drivers, WallClock(), raw_dir, rerun_safe=False))
+    yield from _connected(InstrumentBackend(campaign, drivers, WallClock(), raw_dir))
 
 
 def _connected(backend: Any) -> Iterator[Any]:

@@ -1,4 +1,4 @@
-"""The ``orchestrator`` command line: run, validate, schema, status, export.
+"""The ``orchestrator`` command line: run, validate, preflight, schema, status, report, resolve, export.
 
 A user's mistake (a bad campaign file, a ledger of another campaign) prints one line per problem and
 exits with code 2; it never prints a traceback.
@@ -147,7 +147,7 @@ def _run_locked(
 
     with user_errors(campaign_file), Ledger.for_campaign(campaign, results_dir) as ledger:
         counts = ledger.counts()
-    done = counts["completed"] + counts["failed"]
+    done = counts["completed"] + counts["failed"] + counts["unknown"]
     verb = "resuming" if sum(counts.values()) else "starting"
     where = "" if campaign.instruments is None else (" on simulated instruments" if simulate else " on the instruments")
     console.print(
@@ -297,6 +297,129 @@ def status(
         front = pareto_table(runner)
         if front is not None:
             console.print(front)
+
+
+@app.command()
+def report(
+    campaign_file: CampaignFile,
+    results_dir: ResultsDir = Path("results"),
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Folder to write to (default: <results>/<campaign>/report).")
+    ] = None,
+) -> None:
+    """Write the campaign's summary, convergence plot, experiments table and an HTML page, from its ledger.
+
+    The same summary and plot the Prefect UI shows as artifacts, for people who do not run Prefect's server.
+    """
+    campaign = _load(campaign_file)
+    from orchestrator.ledger import Ledger
+    from orchestrator.loop import CampaignRunner
+    from orchestrator.summary import write_report
+
+    path = results_dir / campaign.name / "ledger.sqlite"
+    if not path.exists():
+        err_console.print(f"[bold red]error:[/] no ledger at {path}; run the campaign first, or pass --results-dir")
+        raise typer.Exit(2)
+    target = out if out is not None else results_dir / campaign.name / "report"
+    with user_errors(campaign_file), Ledger.for_campaign(campaign, results_dir) as ledger:
+        runner = CampaignRunner(campaign, ledger, simulator=_no_backend)
+        try:
+            paths = write_report(runner, target)
+        except OSError as exc:
+            raise UserInputError(f"cannot write the report to {target}: {exc.strerror or exc}") from None
+    for kind, written in paths.items():
+        console.print(f"wrote {kind:<8} {written}", highlight=False)
+
+
+@app.command()
+def resolve(
+    campaign_file: CampaignFile,
+    experiment_id: Annotated[int, typer.Argument(help="The experiment's id (see `orchestrator status`).", show_default=False)],
+    result: Annotated[
+        Optional[list[str]],
+        typer.Option("--result", help="OUTCOME=VALUE as measured by hand; repeat (or comma-separate) for every outcome."),
+    ] = None,
+    failed: Annotated[Optional[str], typer.Option("--failed", help="Record it as failed, with this reason.")] = None,
+    by: Annotated[Optional[str], typer.Option("--by", help="Who decided (default: your user name).")] = None,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Settle an experiment whose fate a crash left unknown: give its measured outcomes, or mark it failed.
+
+    The next proposal uses what you record. Only `unknown` experiments can be resolved; nothing is sent to
+    an instrument.
+    """
+    import getpass
+
+    campaign = _load(campaign_file)
+    from orchestrator.ledger import Ledger
+
+    if (result is None) == (failed is None):
+        err_console.print("[bold red]error:[/] give either --result OUTCOME=VALUE ... or --failed REASON", highlight=False)
+        raise typer.Exit(2)
+    outcomes = None
+    with user_errors():
+        if result is not None:
+            outcomes = parse_outcome_values(result, [o.name for o in campaign.outcomes])
+        if failed is not None and not failed.strip():
+            raise UserInputError("--failed needs a reason (what happened to the sample)")
+    path = results_dir / campaign.name / "ledger.sqlite"
+    if not path.exists():
+        err_console.print(f"[bold red]error:[/] no ledger at {path}; run the campaign first, or pass --results-dir")
+        raise typer.Exit(2)
+    who = by or _user_name(getpass)
+    with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
+        ids = {e.id for e in ledger.experiments()}
+        if experiment_id not in ids:
+            raise UserInputError(f"no experiment {experiment_id} in {path}; `orchestrator status {campaign_file}` lists them")
+        exp = ledger.get(experiment_id)
+        if exp.state != "unknown":
+            raise UserInputError(
+                f"experiment {experiment_id} is {exp.state}, not unknown; only experiments whose fate a crash left "
+                "unknown are resolved by hand"
+            )
+        exp = ledger.resolve(experiment_id, outcomes=outcomes, failed=failed, by=who)
+    what = ", ".join(f"{k}={v:g}" for k, v in (exp.outcomes or {}).items()) or exp.error
+    console.print(f"experiment {experiment_id}: {exp.state} ({escape(str(what))}), recorded by {escape(who)}", highlight=False)
+
+
+def parse_outcome_values(items: list[str], names: list[str]) -> dict[str, float]:
+    """``["a=1.5", "b=2,c=3"]`` → ``{"a": 1.5, "b": 2.0, "c": 3.0}``, every outcome exactly once.
+
+    Raises:
+        UserInputError: a malformed pair, an unknown or repeated outcome, a value that is not a finite
+            number, or a missing outcome.
+    """
+    import math
+
+    out: dict[str, float] = {}
+    for item in items:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            name, sep, text = pair.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise UserInputError(f"--result {pair!r}: write OUTCOME=VALUE, e.g. {names[0]}=1.62")
+            if name not in names:
+                raise UserInputError(f"--result {pair!r}: '{name}' is not an outcome; outcomes: {', '.join(names)}")
+            if name in out:
+                raise UserInputError(f"--result: '{name}' is given twice")
+            try:
+                value = float(text)
+            except ValueError:
+                raise UserInputError(f"--result {pair!r}: {text.strip()!r} is not a number") from None
+            if not math.isfinite(value):
+                raise UserInputError(f"--result {pair!r}: the value must be a finite number")
+            out[name] = value
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise UserInputError(f"--result: give every outcome; missing {', '.join(missing)}")
+    return out
+
+
+def _user_name(getpass_module: object) -> str:
+    try:
+        return getpass_module.getuser()  # type: ignore[attr-defined]
+    except (KeyError, OSError):  # no user name in a container without passwd entry
+        return "unknown user"
 
 
 @app.command()

@@ -8,6 +8,10 @@ instrument it touched to a safe state (heaters off, pumps stopped, outputs off, 
 
 One set of instruments handles one experiment at a time (a hotplate anneals one substrate), so the
 executor serializes experiments; a batch's experiments queue for the instruments.
+
+A ``StepLog`` passed to :meth:`Executor.run` hears of each step before its first byte and after the
+instrument answered (with the reading): the ledger's write-ahead record that lets a run resumed after a
+crash tell which steps happened.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from instruments.base import Driver
 from instruments.clock import Clock
@@ -22,12 +27,22 @@ from instruments.errors import InstrumentError, LimitError
 from instruments.readings import IVCurve, Reading, Spectrum, Values
 from orchestrator.procedures import Action, ProcedureError, Step, Wait
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # Instruments with a watchdog (a ``keepalive`` method) hear from the executor this often in lab time, or as
 # often as the most demanding driver's ``keepalive_period_s`` asks, from connection to close: a live
 # orchestrator never trips a watchdog, while a dead one does.
 KEEPALIVE_S = 10.0
+
+
+class StepLog(Protocol):
+    """Where the executor reports its progress through one experiment's steps (waits are not reported)."""
+
+    def started(self, index: int, step: Action, repeatable: bool) -> None:
+        """Called before the step's first byte is sent; must be durable when it returns."""
+
+    def done(self, index: int, step: Action, result: Any) -> None:
+        """Called after the instrument answered, with what the action returned."""
 
 
 class Executor:
@@ -36,11 +51,15 @@ class Executor:
     Args:
         drivers: instrument name → connected driver.
         clock: what waits wait on (wall clock for hardware, the simulated lab's virtual clock).
-        before_experiment: called with the experiment's id at its start (the simulated lab starts a new sample).
+        before_experiment: called with the experiment's id and idempotency key at its start (the simulated lab
+            starts a new sample labelled with the key).
     """
 
     def __init__(
-        self, drivers: Mapping[str, Driver], clock: Clock, before_experiment: Callable[[int], None] | None = None
+        self,
+        drivers: Mapping[str, Driver],
+        clock: Clock,
+        before_experiment: Callable[[int, str | None], None] | None = None,
     ):
         self.drivers = dict(drivers)
         self.clock = clock
@@ -87,7 +106,7 @@ class Executor:
                 try:
                     driver.keepalive()
                 except InstrumentError as exc:
-                    log.warning("%s: keepalive failed: %s", name, exc)
+                    _log.warning("%s: keepalive failed: %s", name, exc)
 
     def check(self, steps: Sequence[Step]) -> None:
         """Checks every step against its instrument and limits, sending nothing.
@@ -106,8 +125,16 @@ class Executor:
                 )
             driver.validate(step.action, step.kwargs)
 
-    def run(self, steps: Sequence[Step], experiment_id: int = 0) -> dict[str, Reading]:
+    def run(
+        self, steps: Sequence[Step], experiment_id: int = 0, *, key: str | None = None, log: StepLog | None = None
+    ) -> dict[str, Reading]:
         """Runs one experiment's steps; returns its readings by label.
+
+        Args:
+            steps: the experiment's steps.
+            experiment_id: its id in the ledger.
+            key: its idempotency key, passed on where the lab takes one.
+            log: told of each action before it is sent and after it answered.
 
         Raises:
             LimitError, ProcedureError: from :meth:`check`, before anything is sent.
@@ -116,23 +143,26 @@ class Executor:
         with self._lock:
             self.check(steps)
             if self.before_experiment is not None:
-                self.before_experiment(experiment_id)
+                self.before_experiment(experiment_id, key)
             readings: dict[str, Reading] = {}
             used: set[str] = set()
             try:
-                for step in steps:
+                for index, step in enumerate(steps):
                     if isinstance(step, Wait):
                         self.clock.sleep(step.seconds)
                         continue
                     used.add(step.instrument)
                     self.touched.add(step.instrument)
-                    log.debug("step %s", step)
-                    result = self.drivers[step.instrument].perform(step.action, step.kwargs)
-                    if isinstance(result, (Spectrum, IVCurve)):
-                        readings[step.label or step.instrument] = result
-                    elif isinstance(result, Mapping) and step.label:
-                        # A reply's named values count as a reading only where the procedure labels it.
-                        readings[step.label] = Values(dict(result))
+                    _log.debug("step %s", step)
+                    driver = self.drivers[step.instrument]
+                    if log is not None:
+                        log.started(index, step, driver.repeatable(step.action))
+                    result = driver.perform(step.action, step.kwargs)
+                    if log is not None:
+                        log.done(index, step, result)
+                    reading = reading_of(step, result)
+                    if reading is not None:
+                        readings[reading[0]] = reading[1]
             except BaseException:
                 self.make_safe(used)
                 raise
@@ -145,9 +175,19 @@ class Executor:
             try:
                 self.drivers[name].safe_state()
             except (InstrumentError, OSError) as exc:
-                log.error("%s: could not bring to a safe state: %s", name, exc)
+                _log.error("%s: could not bring to a safe state: %s", name, exc)
                 failed.append(name)
         return failed
 
 
-__all__ = ["Executor", "LimitError"]
+def reading_of(step: Action, result: Any) -> tuple[str, Reading] | None:
+    """The (label, reading) an action's result counts as, or None when it is not a reading."""
+    if isinstance(result, (Spectrum, IVCurve)):
+        return step.label or step.instrument, result
+    if isinstance(result, Mapping) and step.label:
+        # A reply's named values count as a reading only where the procedure labels it.
+        return step.label, Values(dict(result))
+    return None
+
+
+__all__ = ["Executor", "LimitError", "reading_of"]

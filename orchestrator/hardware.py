@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import logging
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -25,15 +26,17 @@ from pydantic import ValidationError
 from instruments.base import Driver, DriverSpec
 from instruments.clock import Clock
 from instruments.errors import InstrumentError, LimitError
-from instruments.readings import dumps
+from instruments.readings import dumps, reading_from_json
 from instruments.transport import SerialSettings, Transcript, Transport
 from orchestrator.analysis import analysis_function, analyze
 from orchestrator.errors import ExperimentFailed, UserInputError
-from orchestrator.executor import Executor
+from orchestrator.dispatch import Decision, Inquire, LedgerStepLog, decide
+from orchestrator.executor import Executor, reading_of
 from orchestrator.procedures import Action, Procedure, ProcedureError
 
 if TYPE_CHECKING:
     from orchestrator.campaign import Campaign
+    from orchestrator.ledger import Experiment, Ledger, StepRecord
 
 log = logging.getLogger(__name__)
 Loc = tuple[str | int, ...]
@@ -256,9 +259,10 @@ class InstrumentBackend:
         drivers: connected drivers by instrument name.
         clock: the lab's clock.
         raw_dir: folder for raw readings (``exp-<id>-<label>.json``).
-        before_experiment: called with the experiment's id before its first step (a simulated lab starts a new
-            sample).
-        rerun_safe: an experiment left ``running`` by a crash may be run again (only for simulated instruments).
+        before_experiment: called with the experiment's id and key before its first step (a simulated lab
+            starts a new sample labelled with the key).
+        inquire: asks the lab what it did for an idempotency key (the simulated bench's journal); None where
+            the instruments keep no such record.
     """
 
     def __init__(
@@ -267,49 +271,90 @@ class InstrumentBackend:
         drivers: Mapping[str, Driver],
         clock: Clock,
         raw_dir: Path,
-        before_experiment: Callable[[int], None] | None = None,
-        rerun_safe: bool = False,
+        before_experiment: Callable[[int, str | None], None] | None = None,
+        inquire: Inquire | None = None,
     ):
         self.campaign = campaign
         self.drivers = dict(drivers)
         self.procedure = make_procedure(campaign, self.drivers)
         self.executor = Executor(self.drivers, clock, before_experiment)
         self.raw_dir = Path(raw_dir)
-        self.rerun_safe = rerun_safe
+        self.inquire = inquire
         self.max_concurrent = 1  # one bench: the executor serializes experiments anyway; this keeps id order
 
-    def run_experiment(self, exp_id: int, conditions: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    def run_experiment(
+        self, exp_id: int, conditions: Mapping[str, Any], dispatch: "LedgerStepLog | None" = None, key: str | None = None
+    ) -> tuple[dict[str, float], dict[str, str]]:
         """Returns (outcomes, raw reading files by label).
+
+        Args:
+            exp_id: the experiment's id.
+            conditions: its conditions.
+            dispatch: the step log to write (each reading is saved as soon as it is taken).
+            key: its idempotency key.
 
         Raises:
             ExperimentFailed: refused by a limit (nothing sent), an instrument failure, or an analysis that
                 found nothing to measure; ``raw`` holds whatever readings were taken.
         """
+        log = dispatch if dispatch is not None else self.step_log(None, exp_id, 0)
         try:
             steps = self.procedure.steps(conditions)
-            readings = self.executor.run(steps, exp_id)
+            readings = self.executor.run(steps, exp_id, key=key, log=log)
         except LimitError as exc:
             raise ExperimentFailed(f"refused before sending: {exc}") from None
         except ProcedureError as exc:
-            raise ExperimentFailed(f"procedure: {exc}") from None
+            raise ExperimentFailed(f"procedure: {exc}", raw=log.saved or None) from None
         except InstrumentError as exc:
-            raise ExperimentFailed(f"instrument failure: {exc}") from None
-        raw = self._save(exp_id, readings)
+            raise ExperimentFailed(f"instrument failure: {exc}", raw=log.saved or None) from None
+        return self._analyze(readings, dict(log.saved))
+
+    def _analyze(self, readings: Mapping[str, Any], raw: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
         try:
             return analyze(self.campaign.analysis, readings), raw
         except ExperimentFailed as exc:
             raise ExperimentFailed(exc.reason, raw=raw) from None
 
-    def _save(self, exp_id: int, readings: Mapping[str, Any]) -> dict[str, str]:
+    def step_log(self, ledger: "Ledger | None", exp_id: int, attempt: int) -> "LedgerStepLog":
+        """The step log of one attempt: readings saved as taken, progress in the ledger (none: files only)."""
+        return LedgerStepLog(
+            ledger if ledger is not None else _NoLedger(), exp_id, attempt, lambda label, r: self._save(exp_id, label, r), reading_of
+        )
+
+    def recover(self, exp: "Experiment", log: list["StepRecord"]) -> Decision:
+        """Decides, from its step log and the lab's own record, what to do with an experiment a crash left
+        ``running`` (see :mod:`orchestrator.dispatch`)."""
+        try:
+            planned = self.procedure.steps(exp.conditions)
+        except ProcedureError as exc:
+            return Decision("unknown", f"its procedure no longer builds ({exc}); check the sample and resolve it")
+        account = self.inquire(exp.dispatch_key) if self.inquire is not None and exp.dispatch_key else None
+        return decide(planned, log, account, can_ask=self.inquire is not None)
+
+    def finish(self, readings: Mapping[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+        """Outcomes from readings saved before a crash (label → file).
+
+        Raises:
+            ExperimentFailed: a file is missing or unreadable, or the analysis finds nothing to measure.
+        """
+        loaded = {}
+        for label, path in readings.items():
+            try:
+                loaded[label] = reading_from_json(raw_reading(path))
+            except (OSError, ValueError, KeyError) as exc:
+                raise ExperimentFailed(f"saved reading {label} at {path} cannot be read ({exc})", raw=dict(readings)) from None
+        return self._analyze(loaded, dict(readings))
+
+    def _save(self, exp_id: int, label: str, reading: Any) -> str:
         self.raw_dir.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for label, reading in readings.items():
-            path = self.raw_dir / f"exp-{exp_id:05d}-{label}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(dumps(reading))
-            tmp.replace(path)  # a crash never leaves a half-written reading under the final name
-            paths[label] = str(path)
-        return paths
+        path = self.raw_dir / f"exp-{exp_id:05d}-{label}.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(dumps(reading))
+            f.flush()
+            os.fsync(f.fileno())  # the step is logged done only after this; the file must outlive a power cut
+        tmp.replace(path)  # a crash never leaves a half-written reading under the final name
+        return str(path)
 
     def connect(self) -> None:
         for driver in self.drivers.values():
@@ -331,3 +376,13 @@ class InstrumentBackend:
 def raw_reading(path: str | Path) -> dict[str, Any]:
     """A stored raw reading as JSON."""
     return json.loads(Path(path).read_text())
+
+
+class _NoLedger:
+    """Stands in for the ledger where a backend runs an experiment without one (tests, benchmarks)."""
+
+    def step_started(self, *args: Any) -> None:
+        pass
+
+    def step_done(self, *args: Any) -> None:
+        pass

@@ -5,11 +5,21 @@ loop takes its next action, so a crash loses nothing that was measured. Experime
 ``proposed → running → completed | failed`` (``proposed → failed`` when refused before starting);
 every change is also appended to ``events``. The ledger, not Prefect, is the source of truth: a
 resumed run reads it to know where it stands.
+
+Exactly-once dispatch: each experiment gets an idempotency key when proposed. It is recorded ``running``
+(dispatched, with the key and an attempt number) before anything is sent, and on instruments every step
+is written to ``steps`` as ``started`` before its first byte and ``done`` (with its reading's file) after
+the instrument answered. A run that finds an experiment still ``running`` after a crash reads that log
+(and asks the backend) to decide: finish it from its saved readings, dispatch it again where nothing
+irreversible had started, or mark it ``unknown`` for a person to settle with ``orchestrator resolve``
+(``unknown → completed | failed``). Nothing is ever silently sent twice.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,11 +32,12 @@ from typing import Any
 from orchestrator.campaign import Campaign
 from orchestrator.errors import CampaignMismatchError, LedgerError
 
-SCHEMA_VERSION = 1
-STATES = ("proposed", "running", "completed", "failed")
+SCHEMA_VERSION = 2
+STATES = ("proposed", "running", "completed", "failed", "unknown")
 _ALLOWED = {
     "proposed": {"running", "failed"},
-    "running": {"completed", "failed"},
+    "running": {"completed", "failed", "unknown"},
+    "unknown": {"completed", "failed"},  # only by a person's decision (``orchestrator resolve``)
     "completed": set(),
     "failed": set(),
 }
@@ -36,7 +47,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY,
     batch INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('proposed', 'running', 'completed', 'failed')),
+    state TEXT NOT NULL CHECK (state IN ('proposed', 'running', 'completed', 'failed', 'unknown')),
     conditions TEXT NOT NULL,
     outcomes TEXT,
     error TEXT,
@@ -45,7 +56,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     raw TEXT,
     proposed_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    dispatch_key TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,7 +68,23 @@ CREATE TABLE IF NOT EXISTS events (
     to_state TEXT NOT NULL,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS steps (
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    attempt INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    repeatable INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('started', 'done')),
+    label TEXT,
+    reading TEXT,
+    started_at TEXT NOT NULL,
+    done_at TEXT,
+    PRIMARY KEY (experiment_id, attempt, idx)
+);
 """
+_EXPERIMENT_COLUMNS = (
+    "id, batch, state, conditions, outcomes, error, generator, proposal_info, raw, proposed_at, started_at, finished_at"
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +103,29 @@ class Experiment:
     raw: dict[str, str] | None
     started_at: str | None
     finished_at: str | None
+    dispatch_key: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of one dispatch attempt, as the executor logged it.
+
+    Attributes:
+        index: the step's position in the procedure.
+        step: the step as text (``pump_a.dispense(volume_ul=40.0, …)``).
+        repeatable: sending it again does no harm (a set point, a move to a station, a measurement).
+        state: ``started`` (logged before its first byte) or ``done`` (the instrument answered).
+        label: its reading's label, if it took one.
+        reading: the file its reading was saved to.
+    """
+
+    index: int
+    step: str
+    repeatable: bool
+    state: str
+    label: str | None
+    reading: str | None
 
 
 def _now() -> str:
@@ -94,14 +146,35 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
             with self._tx():
                 for statement in _split(_SCHEMA):
                     self._db.execute(statement)
-                columns = {r["name"] for r in self._db.execute("PRAGMA table_info(experiments)")}
-                if "raw" not in columns:  # ledgers written before raw readings were stored
-                    self._db.execute("ALTER TABLE experiments ADD COLUMN raw TEXT")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path}: cannot open the ledger ({exc}); is it a campaign ledger file?") from None
+
+    def _migrate(self) -> None:
+        """Brings a ledger written by an older version to this schema, keeping every row.
+
+        The ``unknown`` state needs the table's CHECK constraint rewritten, which SQLite does only by
+        copying the table; it happens once, in one transaction.
+        """
+        row = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone()
+        if row is None or "'unknown'" in row["sql"]:
+            return
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(experiments)")}
+        keep = [c.strip() for c in _EXPERIMENT_COLUMNS.split(",") if c.strip() in columns]
+        create = next(s for s in _split(_SCHEMA) if "TABLE IF NOT EXISTS experiments" in s)
+        self._db.execute("PRAGMA foreign_keys=OFF")  # events point at experiments while the table is swapped
+        try:
+            with self._tx():
+                self._db.execute(create.replace("IF NOT EXISTS experiments", "experiments_v2"))
+                names = ", ".join(keep)
+                self._db.execute(f"INSERT INTO experiments_v2 ({names}) SELECT {names} FROM experiments")
+                self._db.execute("DROP TABLE experiments")
+                self._db.execute("ALTER TABLE experiments_v2 RENAME TO experiments")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     @classmethod
     def for_campaign(cls, campaign: Campaign, results_dir: str | Path) -> "Ledger":
@@ -152,6 +225,7 @@ class Ledger:
     ) -> list[Experiment]:
         """Records a batch of proposals atomically; returns them with their new ids."""
         at = _now()
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.meta().get("campaign_name", "exp"))[:40]
         with self._tx():
             batch = self._db.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM experiments").fetchone()[0]
             ids = []
@@ -161,12 +235,95 @@ class Ledger:
                     "VALUES (?, 'proposed', ?, ?, ?, ?)",
                     (batch, json.dumps(dict(cond)), generator, json.dumps(dict(info or {})), at),
                 )
+                # Unique beyond this file: a ledger recreated from scratch reuses ids, never keys.
+                key = f"{prefix}-{cur.lastrowid:05d}-{secrets.token_hex(4)}"
+                self._db.execute("UPDATE experiments SET dispatch_key = ? WHERE id = ?", (key, cur.lastrowid))
                 ids.append(cur.lastrowid)
                 self._event(cur.lastrowid, at, None, "proposed", None)
         return [self.get(i) for i in ids]
 
     def mark_running(self, exp_id: int) -> Experiment:
-        return self._transition(exp_id, "running", started_at=_now())
+        """Records the experiment as dispatched (attempt 1) before anything is sent for it."""
+        exp = self._transition(exp_id, "running", started_at=_now(), attempts=1)
+        return exp
+
+    def redispatch(self, exp_id: int, reason: str) -> Experiment:
+        """Starts a new attempt of a ``running`` experiment that provably never reached the hardware
+        irreversibly (same idempotency key); the reason goes to the event log."""
+        with self._tx():
+            row = self._db.execute("SELECT state, attempts FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            if row is None or row["state"] != "running":
+                raise LedgerError(f"experiment {exp_id} is not running; only a running experiment is dispatched again")
+            self._db.execute("UPDATE experiments SET attempts = ? WHERE id = ?", (row["attempts"] + 1, exp_id))
+            self._event(exp_id, _now(), "running", "running", f"dispatched again (attempt {row['attempts'] + 1}): {reason}")
+        return self.get(exp_id)
+
+    def mark_unknown(self, exp_id: int, reason: str) -> Experiment:
+        """The run cannot tell what became of a dispatched experiment; a person must resolve it."""
+        return self._transition(exp_id, "unknown", error=reason)
+
+    def resolve(
+        self, exp_id: int, *, outcomes: Mapping[str, float] | None = None, failed: str | None = None, by: str = ""
+    ) -> Experiment:
+        """A person's verdict on an ``unknown`` experiment: its measured outcomes, or failed with a reason.
+
+        Raises:
+            LedgerError: the experiment is not ``unknown``, or neither/both of ``outcomes`` and ``failed``.
+        """
+        if (outcomes is None) == (failed is None):
+            raise LedgerError("resolve needs either the outcomes or a failure reason")
+        exp = self.get(exp_id)
+        if exp.state != "unknown":
+            raise LedgerError(
+                f"experiment {exp_id} is {exp.state}, not unknown; only experiments whose fate the run could not "
+                "tell are resolved by hand"
+            )
+        who = f" by {by}" if by else ""
+        if outcomes is not None:
+            return self._transition(
+                exp_id, "completed", outcomes=json.dumps(dict(outcomes)), finished_at=_now(),
+                _detail=f"resolved{who}: {json.dumps(dict(outcomes))}", _resolving=True,
+            )
+        return self._transition(exp_id, "failed", error=f"resolved{who}: {failed}", finished_at=_now(), _resolving=True)
+
+    def note(self, exp_id: int, detail: str) -> None:
+        """Appends an event that changes no state (e.g. why a resumed experiment was finished)."""
+        with self._tx():
+            state = self.get(exp_id).state
+            self._event(exp_id, _now(), state, state, detail)
+
+    # --- the step log of a dispatch ------------------------------------------------------------------
+    def step_started(self, exp_id: int, attempt: int, index: int, step: str, repeatable: bool) -> None:
+        """Logs a step as started; committed before the step's first byte is sent."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO steps (experiment_id, attempt, idx, step, repeatable, state, started_at) "
+                "VALUES (?, ?, ?, ?, ?, 'started', ?)",
+                (exp_id, attempt, index, step, int(repeatable), _now()),
+            )
+
+    def step_done(
+        self, exp_id: int, attempt: int, index: int, label: str | None = None, reading: str | None = None
+    ) -> None:
+        """Logs a step as done (the instrument answered), with its reading's label and file, if it took one."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE steps SET state = 'done', label = ?, reading = ?, done_at = ? "
+                "WHERE experiment_id = ? AND attempt = ? AND idx = ?",
+                (label, reading, _now(), exp_id, attempt, index),
+            )
+
+    def steps(self, exp_id: int, attempt: int | None = None) -> list[StepRecord]:
+        """The step log of one attempt (default: the experiment's latest), in step order."""
+        if attempt is None:
+            attempt = self.get(exp_id).attempts
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM steps WHERE experiment_id = ? AND attempt = ? ORDER BY idx", (exp_id, attempt)
+            ).fetchall()
+        return [
+            StepRecord(r["idx"], r["step"], bool(r["repeatable"]), r["state"], r["label"], r["reading"]) for r in rows
+        ]
 
     def mark_completed(
         self, exp_id: int, outcomes: Mapping[str, float], raw: Mapping[str, str] | None = None
@@ -184,11 +341,12 @@ class Ledger:
             row = self._db.execute("SELECT state FROM experiments WHERE id = ?", (exp_id,)).fetchone()
             if row is None:
                 raise LedgerError(f"no experiment {exp_id} in {self.path}")
-            if to_state not in _ALLOWED[row["state"]]:
+            resolving = columns.pop("_resolving", False)
+            if to_state not in _ALLOWED[row["state"]] or (row["state"] == "unknown" and not resolving):
                 raise LedgerError(f"experiment {exp_id} is {row['state']}; it cannot become {to_state}")
+            detail = columns.pop("_detail", None) or columns.get("error") or columns.get("outcomes")
             sets = ", ".join(f"{k} = ?" for k in ["state", *columns])
             self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", (to_state, *columns.values(), exp_id))
-            detail = columns.get("error") or columns.get("outcomes")
             self._event(exp_id, _now(), row["state"], to_state, detail)
         return self.get(exp_id)
 
@@ -260,4 +418,6 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         raw=json.loads(row["raw"]) if row["raw"] else None,
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        dispatch_key=row["dispatch_key"],
+        attempts=row["attempts"],
     )

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from orchestrator.campaign import Campaign
+from orchestrator.crashpoints import crash_point
+from orchestrator.dispatch import Decision
 from orchestrator.errors import ExperimentFailed
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.objectives import ScalarObjective
@@ -27,7 +29,7 @@ from orchestrator.surrogates import Surrogate
 from orchestrator.threads import single_threaded
 from orchestrator.transfer import PriorModel, fit_prior, load_priors
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 EventListener = Callable[[str, Experiment, "CampaignRunner"], None]
 MapFn = Callable[[Callable[[int], Experiment], Sequence[int]], list[Experiment]]
@@ -69,10 +71,11 @@ class CampaignRunner:
 
     # --- reading the ledger -------------------------------------------------------------------
     def observations(self) -> Observations:
-        """The ledger's experiments as tensors (completed, failed, and pending = proposed or running)."""
+        """The ledger's experiments as tensors (completed, failed, and pending = proposed, running or unknown:
+        an experiment whose fate is unknown still holds its place, so the proposer does not repeat it)."""
         by_state: dict[str, list[Experiment]] = {"completed": [], "failed": [], "pending": []}
         for e in self.ledger.experiments():
-            by_state["pending" if e.state in ("proposed", "running") else e.state].append(e)
+            by_state["pending" if e.state in ("proposed", "running", "unknown") else e.state].append(e)
         done = by_state["completed"]
         Y = torch.tensor([[e.outcomes[n] for n in self.outcome_names] for e in done], dtype=DTYPE)
         return Observations(
@@ -148,6 +151,7 @@ class CampaignRunner:
             surrogate=surrogate,
         )
         experiments = self.ledger.add_proposed(self.space.decode(proposal.X), proposal.generator, proposal.info)
+        crash_point("proposed")
         for e in experiments:
             self._emit("proposed", e)
         return experiments
@@ -155,42 +159,80 @@ class CampaignRunner:
     def run_experiment(self, exp_id: int) -> Experiment:
         """Runs one experiment on the backend (a simulator, or instruments) and records the result.
 
-        An experiment found ``running`` after a crash is run again only where that is harmless: a simulator
-        is pure (the same conditions and per-experiment seed give the same result) and a simulated bench
-        starts a fresh sample. On real instruments its effect is unknown, so it is recorded as failed with
-        that reason and never sent to the hardware a second time.
+        It is recorded ``running`` (dispatched, with its idempotency key) before anything is sent. One found
+        ``running`` when a run starts was interrupted by a crash; :meth:`resume` decides its fate, and it is
+        sent again only where that is provably harmless.
         """
         exp = self.ledger.get(exp_id)
-        if exp.state in ("completed", "failed"):
+        if exp.state in ("completed", "failed", "unknown"):
             return exp
-        if exp.state == "running" and not getattr(self.simulator, "rerun_safe", True):
-            exp = self.ledger.mark_failed(
-                exp_id, "interrupted: the run stopped while this experiment was on the instruments; its effect is "
-                "unknown, so it was not sent again (inspect the sample and the raw data folder)"
-            )
-            self._emit(exp.state, exp)
-            return exp
-        if exp.state == "proposed":
+        if exp.state == "running":
+            exp = self.resume(exp)
+            if exp.state != "running":
+                self._emit(exp.state, exp)
+                return exp
+        else:
             exp = self.ledger.mark_running(exp_id)
+            crash_point("dispatched")
             self._emit("running", exp)
         rng = np.random.default_rng([self.campaign.seed, exp_id])
         on_instruments = getattr(self.simulator, "run_experiment", None)
         raw: dict[str, str] | None = None
         try:
             if on_instruments is not None:
-                result, raw = on_instruments(exp_id, exp.conditions)
+                log = self._step_log(exp)
+                if log is not None:
+                    result, raw = on_instruments(exp_id, exp.conditions, dispatch=log, key=exp.dispatch_key)
+                else:
+                    result, raw = on_instruments(exp_id, exp.conditions)
             else:
                 result = self.simulator(exp.conditions, rng)
             outcomes = self._checked(result)
+            crash_point("readings_saved")
         except ExperimentFailed as exc:
             exp = self.ledger.mark_failed(exp_id, exc.reason, raw=exc.raw or raw)
         except Exception as exc:  # noqa: BLE001 - a failing experiment must not stop the campaign
-            log.warning("experiment %s raised %s: %s", exp_id, type(exc).__name__, exc)
+            logger.warning("experiment %s raised %s: %s", exp_id, type(exc).__name__, exc)
             exp = self.ledger.mark_failed(exp_id, f"{type(exc).__name__}: {exc}", raw=raw)
         else:
             exp = self.ledger.mark_completed(exp_id, outcomes, raw=raw)
         self._emit(exp.state, exp)
         return exp
+
+    def _step_log(self, exp: Experiment) -> Any:
+        make = getattr(self.simulator, "step_log", None)
+        return make(self.ledger, exp.id, exp.attempts) if make is not None else None
+
+    def resume(self, exp: Experiment) -> Experiment:
+        """Settles an experiment a crash left ``running``: finished from its saved readings, dispatched again
+        (same key) where nothing irreversible had happened, or ``unknown`` for a person to resolve.
+
+        A pure simulator function has no side effects (the same conditions and seed give the same result),
+        so running it again is always safe; a backend that can neither show its progress nor be asked
+        leaves the experiment ``unknown``.
+        """
+        recover = getattr(self.simulator, "recover", None)
+        if recover is not None:
+            decision = recover(exp, self.ledger.steps(exp.id))
+        elif getattr(self.simulator, "run_experiment", None) is None or getattr(self.simulator, "rerun_safe", False):
+            decision = Decision("redispatch", "the simulator has no side effects; it is run again")
+        else:
+            decision = Decision(
+                "unknown",
+                "the run stopped while this experiment was on the instruments, which keep no record to ask; "
+                "check the sample, then `orchestrator resolve ID --result outcome=value ...` or `--failed REASON`",
+            )
+        logger.warning("experiment %s was interrupted: %s (%s)", exp.id, decision.verdict, decision.reason)
+        if decision.verdict == "redispatch":
+            return self.ledger.redispatch(exp.id, decision.reason)
+        if decision.verdict == "unknown":
+            return self.ledger.mark_unknown(exp.id, f"interrupted: {decision.reason}")
+        self.ledger.note(exp.id, f"resumed: {decision.reason}")
+        try:
+            result, raw = self.simulator.finish(decision.readings or {})
+            return self.ledger.mark_completed(exp.id, self._checked(result), raw=raw)
+        except ExperimentFailed as exc:
+            return self.ledger.mark_failed(exp.id, exc.reason, raw=exc.raw or decision.readings)
 
     def _checked(self, outcomes: Any) -> dict[str, float]:
         if not isinstance(outcomes, Mapping):

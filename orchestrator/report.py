@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.ledger import Experiment, Ledger
@@ -29,17 +30,19 @@ class ProgressPrinter:
         self._lock = threading.Lock()
 
     def __call__(self, kind: str, exp: Experiment, runner: "CampaignRunner") -> None:
-        if kind not in ("completed", "failed"):
+        if kind not in ("completed", "failed", "unknown"):
             return
         with self._lock:
             counts = runner.ledger.counts()
-            done = counts["completed"] + counts["failed"]
+            done = counts["completed"] + counts["failed"] + counts["unknown"]
             budget = runner.campaign.budget.max_experiments
             if exp.state == "completed":
                 result = "  ".join(f"{k}={fmt(v)}" for k, v in (exp.outcomes or {}).items())
                 status = f"[green]ok[/]    {result}"
+            elif exp.state == "unknown":
+                status = f"[magenta]unknown[/] {escape(exp.error or '')}"
             else:
-                status = f"[red]failed[/] {exp.error}"
+                status = f"[red]failed[/] {escape(exp.error or '')}"
             best = runner.best()
             best_txt = f"  [dim]best #{best.experiment.id} score {best.score:.4g}[/]" if best else ""
             conds = ", ".join(f"{k}={fmt(v)}" for k, v in exp.conditions.items())
@@ -57,9 +60,14 @@ def summary_table(runner: "CampaignRunner") -> Table:
     table = Table(title=f"Campaign '{runner.campaign.name}' summary", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", overflow="fold")
-    used = counts["completed"] + counts["failed"]
+    used = counts["completed"] + counts["failed"] + counts["unknown"]
     table.add_row("experiments used", f"{used} of {runner.campaign.budget.max_experiments}")
     table.add_row("completed / failed", f"{counts['completed']} / {counts['failed']}")
+    if counts["unknown"]:
+        table.add_row(
+            "[magenta]unknown[/]",
+            f"{counts['unknown']} (a crash left their fate unknown; settle each with `orchestrator resolve`)",
+        )
     if best is None:
         table.add_row("best", "no experiment completed")
         return table
@@ -81,12 +89,12 @@ def ledger_table(ledger: Ledger, outcome_names: list[str], limit: int | None = N
     table = Table(show_header=True, header_style="bold")
     for col in ("id", "batch", "state", "by", "conditions", *outcome_names, "error"):
         table.add_column(col, overflow="fold")
-    colours = {"completed": "green", "failed": "red", "running": "yellow", "proposed": "cyan"}
+    colours = {"completed": "green", "failed": "red", "running": "yellow", "proposed": "cyan", "unknown": "magenta"}
     for e in exps:
         outs = [fmt(e.outcomes[n]) if e.outcomes and n in e.outcomes else "" for n in outcome_names]
         conds = ", ".join(f"{k}={fmt(v)}" for k, v in e.conditions.items())
         table.add_row(
-            str(e.id), str(e.batch), f"[{colours[e.state]}]{e.state}[/]", e.generator, conds, *outs, e.error or ""
+            str(e.id), str(e.batch), f"[{colours[e.state]}]{e.state}[/]", e.generator, conds, *outs, escape(e.error or "")
         )
     return table
 

@@ -6,7 +6,8 @@ procedure against it: each configured port gets a pty under ``<root>/dev/...`` t
 simulator of the instrument's driver. Instruments that share a port (pumps on one RS-232 network) share
 one pty and one firmware. All firmwares share one :class:`~simulators.lab.SimLab`: its virtual clock and
 the materials model named in the campaign's ``simulator:`` section, which decides what the measuring
-instruments see.
+instruments see. The lab keeps its journal in ``<root>/journal.jsonl`` across runs of the campaign, so a run
+resumed after a crash can ask what the bench did for an experiment (:meth:`SimulatedBench.inquire`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserInputError
 from simulators.clock import VirtualClock
-from simulators.faults import FaultPlan
-from simulators.lab import SimLab
+from simulators.faults import SOAK_KINDS, FaultKind, FaultPlan
+from simulators.lab import SampleAccount, SimLab, read_journal, sample_accounts
 from simulators.serial_device import Firmware, PtyDevice
 
 if TYPE_CHECKING:
@@ -43,17 +44,32 @@ class SimulatedBench:
         campaign: a campaign with ``instruments:`` and a ``simulator:`` section naming the materials model
             and its ``sample_model``.
         root: folder for the pty links.
-        fault_rate: chance that any reply is spoiled (a generic fault), for soak runs.
+        fault_rate: chance that any reply is spoiled, for soak runs.
+        fault_kinds: what a spoiled reply becomes, kind → share (default :data:`~simulators.faults.SOAK_KINDS`:
+            every kind, line noise far more often than device alarms and disconnects).
         seed: seeds measurement noise and faults (default: the campaign's seed).
     """
 
-    def __init__(self, campaign: "Campaign", root: Path, fault_rate: float = 0.0, seed: int | None = None):
+    def __init__(
+        self,
+        campaign: "Campaign",
+        root: Path,
+        fault_rate: float = 0.0,
+        seed: int | None = None,
+        fault_kinds: "Mapping[FaultKind, float] | tuple[FaultKind, ...] | None" = None,
+    ):
         self.campaign = campaign
         self.root = Path(root)
         self.fault_rate = fault_rate
+        self.fault_kinds = SOAK_KINDS if fault_kinds is None else fault_kinds
         self.seed = campaign.seed if seed is None else seed
+        self.journal_path = self.root / "journal.jsonl"
         self.lab = SimLab(
-            VirtualClock(), truth=self._truth(), sample_model=self._sample_model(), seed=self.seed
+            VirtualClock(),
+            truth=self._truth(),
+            sample_model=self._sample_model(),
+            seed=self.seed,
+            journal_path=self.journal_path,
         )
         self.devices: dict[str, PtyDevice] = {}
         self.firmwares: dict[str, Firmware] = {}  # instrument name → its firmware
@@ -103,7 +119,7 @@ class SimulatedBench:
             else:
                 make = _import(specs[inst.driver].firmware, f"the {inst.driver} simulator")
                 firmware = make(name, options, limits, self.lab)
-                faults = FaultPlan(rate=self.fault_rate, seed=self.seed * 1000 + i)
+                faults = FaultPlan(rate=self.fault_rate, kinds=self.fault_kinds, seed=self.seed * 1000 + i)
                 device = PtyDevice(firmware, link=link_path(self.root, inst.port), faults=faults, boot_s=0.01)
                 self.devices[inst.port] = device.start()
                 self.port_map[inst.port] = device.port
@@ -113,6 +129,11 @@ class SimulatedBench:
     def stop(self) -> None:
         for device in self.devices.values():
             device.stop()
+        self.lab.close()
+
+    def inquire(self, key: str) -> SampleAccount | None:
+        """What the bench did for the experiment with idempotency ``key``, from its journal (None: nothing)."""
+        return sample_accounts(read_journal(self.journal_path)).get(key)
 
     def __enter__(self) -> "SimulatedBench":
         return self.start()

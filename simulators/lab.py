@@ -16,14 +16,22 @@ volume, or anneals too briefly, measures a different film, as it would in a real
 
 The ground truth is a :class:`~simulators.base.Simulator` (e.g. the perovskite film model): its noisy
 outcomes for the derived conditions decide the emission peak, or no emission where the film fails.
+
+With a ``journal_path`` every event is also appended (and fsynced) to a JSON-lines file labelled with the
+experiment's idempotency key, which outlives the process: the lab's own account of what it physically did,
+which a run resumed after a crash asks (:func:`sample_account`) and which crash tests check the ledger
+against.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,8 @@ from orchestrator.errors import ExperimentFailed, SimulatorError
 from simulators.clock import VirtualClock
 
 HC_EV_NM = 1239.84193  # photon energy (eV) times wavelength (nm)
+# Events that change or use up material: a sample that saw one of these has been made (at least partly).
+MATERIAL_EVENTS = frozenset({"dispensed", "command"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class SimLab:
             stage's stations, with ``functools.partial``).
         seed: seeds measurement noise.
         counts_per_pl: detector counts per unit of the model's ``pl_intensity`` at 100 ms.
+        journal_path: append every event, labelled with the current sample's key, to this file.
     """
 
     def __init__(
@@ -82,6 +93,7 @@ class SimLab:
         sample_model: SampleModel | None = None,
         seed: int = 0,
         counts_per_pl: float = 400.0,
+        journal_path: str | Path | None = None,
     ):
         self.clock = clock or VirtualClock()
         self.truth = truth
@@ -93,24 +105,55 @@ class SimLab:
         self.sample_no = 0
         self._measured: tuple[Any, dict[str, float] | None, str] | None = None  # (key, outcomes, why not)
         self._lock = threading.RLock()
+        self.sample_key: str | None = None
+        self.sample_experiment: int | None = None
+        self._journal = None
+        if journal_path is not None:
+            Path(journal_path).parent.mkdir(parents=True, exist_ok=True)
+            self._journal = open(journal_path, "a", encoding="utf-8")
+
+    def _write_journal(self, event: Event) -> None:
+        if self._journal is None:
+            return
+        entry = {
+            "t_s": event.t_s, "instrument": event.instrument, "kind": event.kind, "data": event.data,
+            "key": self.sample_key, "experiment": self.sample_experiment, "sample": self.sample_no,
+        }
+        if event.kind == "measured" and self._measured is not None and self._measured[0][0] == self.sample_no:
+            # What the film truly was, for crash tests to compare with the ledger (never read by the run).
+            entry["truth"] = self._measured[1]
+        self._journal.write(json.dumps(entry, default=float) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     # --- what firmwares report -------------------------------------------------------------------
     def record(self, instrument: str, kind: str, **data: Any) -> None:
         """A firmware reports a physical event for the current sample."""
         with self._lock:
-            self.events.append(Event(self.clock.now_s(), instrument, kind, dict(data)))
+            event = Event(self.clock.now_s(), instrument, kind, dict(data))
+            self.events.append(event)
+            self._write_journal(event)
 
-    def new_sample(self, sample_id: int | None = None) -> None:
+    def new_sample(self, sample_id: int | None = None, key: str | None = None) -> None:
         """Starts a fresh sample (a new substrate); the executor calls it at the start of each experiment.
 
         With ``sample_id`` (the experiment's id) the measurement noise is drawn from a generator seeded by
         it, so an experiment measures the same whatever order a batch's experiments reach the bench in.
+        ``key`` (the experiment's idempotency key) labels the sample in the journal.
         """
         with self._lock:
             if sample_id is not None:
                 self.rng = np.random.default_rng([self.seed, sample_id])
             self.sample_no += 1
-            self.events.append(Event(self.clock.now_s(), "lab", "new_sample", {"sample": self.sample_no}))
+            self.sample_key, self.sample_experiment = key, sample_id
+            event = Event(self.clock.now_s(), "lab", "new_sample", {"sample": self.sample_no})
+            self.events.append(event)
+            self._write_journal(event)
 
     @property
     def history(self) -> list[Event]:
@@ -183,3 +226,82 @@ class SimLab:
         i0 = 1.0e4 * math.exp(-eg / n_vt)
         exponent = min(voltage_v / n_vt, 60.0)
         return i0 * (math.exp(exponent) - 1.0) - i_ph
+
+
+# --- the journal, read back ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleAccount:
+    """What the simulated lab did to the samples labelled with one key (across process restarts).
+
+    Attributes:
+        key: the experiment's idempotency key.
+        samples: how many substrates were started for it.
+        material_samples: how many of those saw material events (a dispense): made at least partly.
+        events: the material and measuring events, in order, as ``instrument kind`` strings.
+        measured: a measurement was taken of a sample that had material.
+        truth: the materials model's outcomes at the last such measurement (None: no film formed or none).
+    """
+
+    key: str
+    samples: int
+    material_samples: int
+    events: tuple[str, ...]
+    measured: bool
+    truth: dict[str, float] | None
+
+    def describe(self) -> str:
+        if self.material_samples == 0:
+            return f"the simulated lab started {self.samples} substrate(s) for it but dispensed nothing onto them"
+        done = ", ".join(self.events[:12]) + (" …" if len(self.events) > 12 else "")
+        return (
+            f"the simulated lab made {self.material_samples} sample(s) for it ({done}); "
+            + ("it was measured" if self.measured else "it was not measured")
+        )
+
+
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete entry of a lab journal (a line cut short by a kill is skipped)."""
+    entries = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def sample_accounts(entries: list[dict[str, Any]]) -> dict[str, SampleAccount]:
+    """The journal's entries grouped by key into accounts."""
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        if e.get("key") is not None:
+            by_key.setdefault(e["key"], []).append(e)
+    out = {}
+    for key, items in by_key.items():
+        samples: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        run = 0
+        for e in items:
+            if e["kind"] == "new_sample":
+                run += 1
+            samples.setdefault((run, e["sample"]), []).append(e)
+        material = [s for s in samples.values() if any(e["kind"] in MATERIAL_EVENTS for e in s)]
+        events = tuple(
+            f"{e['instrument']} {e['kind']}"
+            for s in material for e in s if e["kind"] in MATERIAL_EVENTS or e["kind"] == "measured"
+        )
+        measured = [e for s in material for e in s if e["kind"] == "measured" and e["data"].get("shutter_open", True)]
+        out[key] = SampleAccount(
+            key=key,
+            samples=sum(1 for e in items if e["kind"] == "new_sample"),
+            material_samples=len(material),
+            events=events,
+            measured=bool(measured),
+            truth=measured[-1].get("truth") if measured else None,
+        )
+    return out

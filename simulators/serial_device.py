@@ -6,6 +6,10 @@ what the driver writes from the master side, feeds it to a :class:`Firmware`, an
 through a :class:`~simulators.faults.FaultPlan`. When the client opens the port (the master's hang-up flag
 clears), the firmware's ``on_open`` may answer with a ready banner, as an Arduino does after its reset.
 
+The plan's device faults (``device_error``, ``bad_value``) are the device's own answers: before each command
+is handled the firmware is asked, through :meth:`Firmware.answer`, whether the plan puts it in such a fault
+state, and if so :meth:`Firmware.express` answers as that device does in its protocol.
+
 A ``disconnect`` fault closes the pty (the driver's next read fails as on an unplugged adapter) and, after
 ``down_s``, serves a fresh pty under the same symlink, as a re-enumerated USB adapter would appear.
 """
@@ -22,7 +26,7 @@ import time
 import tty
 from pathlib import Path
 
-from simulators.faults import FaultPlan
+from simulators.faults import FaultKind, FaultPlan
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ class Firmware:
         self._buf = b""
         self.received: list[bytes] = []
         self._lock = threading.Lock()
+        self.faults: FaultPlan | None = None  # set by the PtyDevice serving it
+        self._bad_values = 0  # bad_value faults shown so far, to cycle through each firmware's bad readings
 
     def feed(self, data: bytes) -> list[bytes]:
         """Takes the bytes the host wrote; returns the replies to send, in order."""
@@ -50,14 +56,34 @@ class Firmware:
             while (i := self._buf.find(self.rx_end)) >= 0:
                 frame, self._buf = self._buf[: i + len(self.rx_end)], self._buf[i + len(self.rx_end) :]
                 self.received.append(frame)
-                reply = self.handle(frame)
+                reply = self.answer(frame)
                 if reply:
                     out.append(reply)
         return out
 
+    def answer(self, frame: bytes) -> bytes | None:
+        """:meth:`handle`, unless the fault plan puts the device in a fault state for this command."""
+        if self.faults is not None:
+            faulty = self.faults.device_fault(lambda kind: self.express(kind, frame))
+            if faulty is not None:
+                return faulty
+        return self.handle(frame)
+
     def handle(self, frame: bytes) -> bytes | None:
         """Acts on one complete command (terminator included); returns the reply, or None for no reply."""
         raise NotImplementedError
+
+    def express(self, kind: FaultKind, frame: bytes) -> bytes | None:
+        """The reply to ``frame`` with the device in fault ``kind`` (``device_error``: its error state, the
+        command not carried out; ``bad_value``: a measurement that is NaN or out of range), acting on the device
+        as the fault would; None, leaving the device untouched, when this command cannot show the fault."""
+        return None
+
+    def next_bad(self, values: tuple[str, ...]) -> str:
+        """The next of a firmware's bad readings, in turn, so a test injecting n faults meets each of them."""
+        value = values[self._bad_values % len(values)]
+        self._bad_values += 1
+        return value
 
     def on_open(self) -> bytes | None:
         """Called when the host opens the port; returns a banner to send, if the device sends one."""
@@ -84,6 +110,7 @@ class PtyDevice:
         self.firmware = firmware
         self.link = Path(link) if link is not None else None
         self.faults = faults or FaultPlan()
+        firmware.faults = self.faults
         self.boot_s = boot_s
         self._master: int | None = None
         self._slave_path = ""

@@ -33,6 +33,10 @@ World events: ``lab.record(name, "position", x_mm, y_mm, z_mm)`` (physical posit
 Knobs: :meth:`GrblFirmware.trigger_hard_limit` (``ALARM:1`` before the next reply, Alarm, position lost),
 ``homing_fails`` (the next ``$H`` answers ``ALARM:9``), ``homing_enabled``, ``soft_limits``, ``travel_mm``,
 ``reset_on_open``, ``rapid_mm_min``, ``homing_mm_min``.
+
+Fault plan (``simulators.faults``): ``device_error`` on a G-code line trips a hard limit as the line arrives:
+motion stops, ``ALARM:1`` is sent, and the line itself is refused (``error:9``, Alarm) until ``$H``. A stage
+measures nothing, so ``bad_value`` is not shown (a garbled ``MPos`` is the line's ``corrupt``).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ class GrblFirmware(Firmware):
                     frame, self._buf = self._buf + ch, b""
                     self.received.append(frame)
                     self._advance()
-                    reply = self.handle(frame)
+                    reply = self.answer(frame)
                 else:
                     self._buf += ch
                     continue
@@ -123,6 +127,14 @@ class GrblFirmware(Firmware):
                     out.append(self._pending + reply)
                     self._pending = b""
         return out
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        line = frame.decode("ascii", "replace").strip()
+        if kind != "device_error" or not line or line.startswith("$") or self.state == "Alarm":
+            return None
+        self._abort()
+        self.state, self.homed = "Alarm", False
+        return b"ALARM:1\r\n" + self.handle(frame)  # type: ignore[operator] - a G-code line in Alarm: error:9
 
     def on_open(self) -> bytes | None:
         if not self.reset_on_open:

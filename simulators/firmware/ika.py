@@ -24,6 +24,11 @@ Events (``lab.record``): ``heater`` (``setpoint_c``, ``on``) on every change of 
 
 Knobs: :meth:`IkaFirmware.trip_watchdog` (trip now); ``sensor_unplugged`` (``IN_PV_1`` answers
 ``-100.0 1``, the external sensor's error value); ``safety_temp_c``, ``tau_s``, ``ambient_c``, ``noise_c``.
+
+Fault plan (``simulators.faults``): ``device_error`` answers a query with ``ER 3`` (the RCT digital's
+over-temperature error inside the device), switching the heater off as the device does; set commands get no
+reply, so they cannot show it. ``bad_value`` answers a temperature query (``IN_PV_1``, ``IN_PV_2``) with, in
+turn, ``nan``, ``9999.9`` and ``-999.9`` in place of the reading.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from simulators.lab import SimLab
 from simulators.serial_device import Firmware
 
 SENSOR_ERROR_REPLY = "-100.0"
+DEVICE_ERROR_REPLY = "ER 3"
+BAD_READINGS = ("nan", "9999.9", "-999.9")
 _NUMBER = re.compile(r"-?\d+(?:\.\d*)?")
 
 
@@ -143,6 +150,22 @@ class IkaFirmware(Firmware):
         text = frame[: -len(self.rx_end)].decode("ascii", "replace").strip()
         reply = self._answer(text)
         return None if reply is None else reply.encode("ascii") + b"\r\n"
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        command = frame[: -len(self.rx_end)].decode("ascii", "replace").strip().partition(" ")[0]
+        if kind == "device_error" and command.startswith("IN_"):
+            reply = self.handle(frame)  # the device keeps time and its watchdog as ever
+            if reply is None or reply.startswith(b"ER"):
+                return reply
+            self._set_heater(on=False, error=DEVICE_ERROR_REPLY)
+            return DEVICE_ERROR_REPLY.encode("ascii") + b"\r\n"
+        if kind == "bad_value" and command in ("IN_PV_1", "IN_PV_2"):
+            reply = self.handle(frame)
+            if reply is None or reply.startswith(b"ER"):
+                return reply
+            channel = command[-1]
+            return f"{self.next_bad(BAD_READINGS)} {channel}".encode("ascii") + b"\r\n"
+        return None
 
     def _answer(self, text: str) -> str | None:
         command, _, arg = text.partition(" ")

@@ -23,6 +23,10 @@ Port open (``on_open``, each time the host opens the port): the Arduino resets w
 (set point 0, output off, counter 0, LED off) and prints ``banner`` (``READY rig v1``) unless it is None.
 
 World events: ``lab.record(name, "command", line=...)`` for every command received (without terminator).
+
+Fault plan (``simulators.faults``): ``device_error`` answers a command with ``ERR fault`` and does nothing, as
+a sketch that hit an error would; ``bad_value`` answers ``GET`` and ``TOTAL`` with, in turn, ``nan``, ``inf``
+and ``-inf`` in place of the number (what Arduino's ``Serial.print`` of such a float prints).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from simulators.lab import SimLab
 from simulators.serial_device import Firmware
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+BAD_NUMBERS = ("nan", "inf", "-inf")
 
 
 class LineRig(Firmware):
@@ -76,6 +81,17 @@ class LineRig(Firmware):
         self.lab.record(self.name, "command", line=line)
         reply = self._answer(line)
         return None if reply is None else reply.encode() + self.reply_terminator
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        line = frame[: -len(self.rx_end)].decode("ascii", "replace").strip()
+        if kind == "device_error" and line and not line.startswith("LED"):  # LED gets no reply to carry it
+            self.lab.record(self.name, "command", line=line)
+            return b"ERR fault" + self.reply_terminator
+        if kind == "bad_value" and line in ("GET", "TOTAL") and self.alarm is None:
+            self.lab.record(self.name, "command", line=line)
+            word = "VAL" if line == "GET" else "TOTAL"
+            return f"{word} {self.next_bad(BAD_NUMBERS)}".encode() + self.reply_terminator
+        return None
 
     def _answer(self, line: str) -> str | None:
         if self.alarm is not None:

@@ -25,6 +25,10 @@ Behaviour of a pump (see the driver's docstring for the protocol):
 Knobs (on a pump, ``network.pump(name or address)``): ``pending_alarm`` (``"R"`` at start, as after power-
 up: ``power_reset=False`` to start without); ``stall_next_run`` (the next ``RUN`` stalls after
 ``stall_fraction`` of its volume: the pump stops and the reply to the following command is ``A?S``).
+
+Fault plan (``simulators.faults``): ``device_error`` stalls the addressed pump now (a running pump stops where
+it is, its stretch recorded) and answers the command with ``A?S`` instead of carrying it out. ``bad_value`` is
+not shown: a pump measures nothing (its ``DIS`` counts motor steps, which do not come back as NaN).
 """
 
 from __future__ import annotations
@@ -299,6 +303,22 @@ class NewEraNetwork(Firmware):
         if isinstance(key, int):
             return self.pumps[key]
         return next(p for p in self.pumps.values() if p.name == key)
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        m = _COMMAND.fullmatch(frame[: -len(self.rx_end)].decode("ascii", "replace").strip())
+        if kind != "device_error" or m is None:
+            return None
+        address = int(m[1]) if m[1] else 0
+        pump = self.pumps.get(address)
+        if pump is None:
+            return None
+        now = self.lab.clock.now_s()
+        for each in self.pumps.values():
+            each.update(now)
+        if pump.running:
+            pump._end_stretch(pump._pumped_in_run(now))
+            pump.state, pump._phase_done_ul, pump._stall_at_ul = "S", 0.0, None
+        return STX + f"{address:02d}A?S".encode("ascii") + ETX
 
     def handle(self, frame: bytes) -> bytes | None:
         m = _COMMAND.fullmatch(frame[: -len(self.rx_end)].decode("ascii", "replace").strip())

@@ -29,6 +29,10 @@ Knobs: :meth:`open_interlock` / :meth:`close_interlock` (the output-enable line:
 output off; then ``:OUTP ON`` queues +802 and :READ? queues +803 and stays silent),
 ``trip_interlock_after_reads`` (open the interlock after that many more readings: a fixture lid lifted
 mid-sweep), :meth:`queue_error` (pre-fill the error queue).
+
+Fault plan (``simulators.faults``): ``device_error`` queues -240 "Hardware error" in place of carrying out a
+command (a query then sends nothing, as any failed query); ``bad_value`` answers :READ? with the current
+element, in turn, +9.91E+37 (the 2400's NaN), ``nan`` and +4.2E+03 A (beyond any 2400-series range).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ MAX_COMPLIANCE_A = 1.05
 MIN_COMPLIANCE_A = 1e-9
 QUEUE_DEPTH = 10
 NAN = 9.91e37
+HARDWARE_ERROR = (-240, "Hardware error")
+BAD_CURRENTS = ("+9.910000E+37", "nan", "+4.200000E+03")
 ELEMENTS = ("VOLT", "CURR", "RES", "TIME", "STAT")
 COMPLIANCE_BIT = 1 << 3
 
@@ -173,6 +179,24 @@ class Keithley2400Firmware(Firmware):
         """Puts an entry in the error queue (as a front-panel or earlier error would)."""
         with self._lock:
             self._push(code, message)
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        try:
+            header = frame[: -len(self.rx_end)].decode("ascii").strip().partition(" ")[0]
+        except UnicodeDecodeError:
+            return None
+        path = _path(header.rstrip("?")) or ""
+        if kind == "device_error" and header and path not in ("SYST:ERR", "*CLS"):
+            self._push(*HARDWARE_ERROR)
+            return b""  # nothing carried out, nothing sent: the error waits in the queue
+        if kind == "bad_value" and path == "READ" and header.endswith("?") and self.output_on and "CURR" in self.elements:
+            reply = self.handle(frame)
+            if not reply:
+                return None
+            values = reply[: -len(self.rx_end)].decode("ascii").split(",")
+            values[self.elements.index("CURR")] = self.next_bad(BAD_CURRENTS)
+            return ",".join(values).encode("ascii") + self.rx_end
+        return None
 
     # --- the command loop ------------------------------------------------------------------------
     def handle(self, frame: bytes) -> bytes | None:

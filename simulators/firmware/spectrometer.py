@@ -26,6 +26,11 @@ for each exposure; ``shutter`` (``open``) when the shutter moves.
 Knobs: ``detector_fault`` (``MEAS?`` answers ``ERR 3 DETECTOR FAULT``), ``lamp_fault`` (``MEAS?`` with
 the shutter open answers ``ERR 4 LAMP FAULT``; dark spectra still work), ``corrupt_spectra`` (that many
 next spectra carry one altered count, so only the checksum reveals it).
+
+Fault plan (``simulators.faults``): ``device_error`` answers ``MEAS?`` with ``ERR 3 DETECTOR FAULT`` (no
+exposure); ``bad_value`` sends an exposure whose brightest pixel reads, in turn, ``nan``, ``-12`` and
+``70000``, under a checksum computed over the spoiled line (the controller itself produced it, so the
+checksum cannot tell). Other commands show neither.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ READ_NOISE_COUNTS = 6.0
 FULL_SCALE = 65535
 INTEGRATION_RANGE_MS = (1.0, 60000.0)
 _DECIMAL = re.compile(r"\d{1,5}(?:\.\d{1,3})?")
+BAD_COUNTS = ("nan", "-12", "70000")
 
 
 def crc16(data: bytes) -> int:
@@ -121,6 +127,21 @@ class SpectrometerFirmware(Firmware):
         if command == "MEAS?" and not arg:
             return self._measure()
         return b"ERR 1 UNKNOWN COMMAND\n"
+
+    def express(self, kind: str, frame: bytes) -> bytes | None:
+        if frame.strip().upper() != b"MEAS?":
+            return None
+        if kind == "device_error":
+            return b"ERR 3 DETECTOR FAULT\n"
+        if kind != "bad_value":
+            return None
+        reply = self._measure()
+        if not reply.startswith(b"SPEC "):
+            return reply  # a detector or lamp fault already answers for itself
+        data = reply.split(b"\n")[1].decode("ascii").split(",")
+        data[max(range(len(data)), key=lambda k: int(data[k]))] = self.next_bad(BAD_COUNTS)
+        line = ",".join(data)
+        return f"SPEC {len(data)} {crc16(line.encode('ascii')):04X}\n{line}\n".encode("ascii")
 
     # --- the detector ----------------------------------------------------------------------------
     def _measure(self) -> bytes:

@@ -318,6 +318,12 @@ def _ne_case(name: str, parse: Any, data: Any, valid: Callable[[Any], bool], val
 
 CASES = [
     Case("ika.parse_reading", ika.parse_reading, IKA_READING, lambda r: _finite(r[0]) and 0 <= r[1] <= 99),
+    Case(
+        "ika.parse_temperature",
+        ika.parse_temperature,
+        IKA_READING.filter(lambda fe: isinstance(fe[1], Raises) or ika.ABSOLUTE_ZERO_C <= fe[1][0] <= ika.TEMPERATURE_MAX_C),
+        lambda r: ika.ABSOLUTE_ZERO_C <= r[0] <= ika.TEMPERATURE_MAX_C and 0 <= r[1] <= 99,
+    ),
     Case("ika.parse_name", ika.parse_name, IKA_NAME, lambda r: _printable(r) and 0 < len(r) <= 80),
     Case("ika.parse_watchdog_echo", ika.parse_watchdog_echo, IKA_ECHO, lambda r: _finite(r) and r >= 0),
     _ne_case(
@@ -360,6 +366,14 @@ CASES = [
     Case("scpi.parse_number", scpi.parse_number, SCPI_NUMBER, _finite),
     Case("scpi.parse_output_state", scpi.parse_output_state, SCPI_OUTPUT, lambda r: isinstance(r, bool)),
     Case("scpi.parse_read", scpi.parse_read, SCPI_READ, lambda r: _finite(*r) and max(map(abs, r)) < scpi.OVERFLOW),
+    Case(
+        "scpi.parse_measurement",
+        scpi.parse_measurement,
+        SCPI_READ.filter(
+            lambda fe: isinstance(fe[1], Raises) or (abs(fe[1][0]) <= scpi.MAX_READING_V and abs(fe[1][1]) <= scpi.MAX_READING_A)
+        ),
+        lambda r: abs(r[0]) <= scpi.MAX_READING_V and abs(r[1]) <= scpi.MAX_READING_A,
+    ),
     Case("scpi.parse_error", scpi.parse_error, SCPI_ERROR, lambda r: isinstance(r[0], int) and _printable(r[1]) and '"' not in r[1]),
     Case("spectrometer.parse_ok", spectrometer.parse_ok, SPEC_OK, lambda r: r is None),
     Case("spectrometer.parse_idn", spectrometer.parse_idn, SPEC_IDN, _idn_ok),

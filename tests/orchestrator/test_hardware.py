@@ -19,7 +19,8 @@ from orchestrator.cli import app
 from orchestrator.errors import CampaignFileError
 from orchestrator.executor import Executor
 from orchestrator.hardware import InstrumentBackend, make_drivers
-from orchestrator.ledger import Ledger
+from orchestrator.dispatch import decide
+from orchestrator.ledger import Ledger, StepRecord
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.procedures import Action, Wait
 from simulators.bench import SimulatedBench
@@ -174,16 +175,89 @@ def test_a_failing_step_leaves_every_touched_instrument_safe(bench):
     assert not plate.heating, "the heater was switched off after the spectrometer failed"
 
 
-def test_an_experiment_interrupted_on_real_instruments_is_not_sent_again(bench, tmp_path):
+def _interrupted(campaign, ledger, steps):
+    """A ledger as a crash leaves it: one experiment dispatched, with ``steps`` (text, repeatable, done) logged."""
+    (exp,) = ledger.add_proposed([{"temp_c": 120.0}], "sobol")
+    ledger.mark_running(exp.id)
+    for i, (text, repeatable, done) in enumerate(steps):
+        ledger.step_started(exp.id, 1, i, text, repeatable)
+        if done:
+            ledger.step_done(exp.id, 1, i)
+    return exp
+
+
+def test_an_interrupted_experiment_that_sent_only_repeatable_steps_is_dispatched_again_once(bench, tmp_path):
     campaign, b, drivers, transcript = bench
-    backend = InstrumentBackend(campaign, drivers, b.lab.clock, tmp_path / "raw", rerun_safe=False)
+    backend = InstrumentBackend(campaign, drivers, b.lab.clock, tmp_path / "raw")  # real hardware: cannot ask
+    backend.executor.start_keepalive()  # the hotplate's watchdog wants to hear from a live run
     with Ledger.for_campaign(campaign, tmp_path) as ledger:
-        (exp,) = ledger.add_proposed([{"temp_c": 120.0}], "sobol")
-        ledger.mark_running(exp.id)  # the previous run died here
+        exp = _interrupted(campaign, ledger, [("hotplate.set_temperature(temp_c=120.0)", True, True)])
+        result = CampaignRunner(campaign, ledger, backend).run_experiment(exp.id)
+        events = ledger.events(exp.id)
+        assert (result.state, result.attempts) == ("completed", 2), result.error
+        assert [s.state for s in ledger.steps(exp.id)] == ["done"] * 4, "attempt 2 ran every action"
+    assert any("dispatched again (attempt 2)" in (e["detail"] or "") for e in events)
+    set_points = [x for x in transcript.entries if x["dir"] == "tx" and bytes.fromhex(x["hex"]).startswith(b"OUT_SP_1 ")]
+    assert len(set_points) == 1, "the new attempt sent the experiment's steps once"
+
+
+def test_an_interrupted_irreversible_step_on_real_instruments_becomes_unknown_and_nothing_is_sent(bench, tmp_path):
+    campaign, b, drivers, transcript = bench
+    backend = InstrumentBackend(campaign, drivers, b.lab.clock, tmp_path / "raw")
+    with Ledger.for_campaign(campaign, tmp_path) as ledger:
+        exp = _interrupted(
+            campaign, ledger, [("hotplate.set_temperature(temp_c=120.0)", True, True), ("pump.dispense(volume_ul=40)", False, False)]
+        )
         before = len(transcript.written())
         result = CampaignRunner(campaign, ledger, backend).run_experiment(exp.id)
-    assert result.state == "failed" and "interrupted" in result.error
+        assert ledger.counts()["unknown"] == 1
+    assert result.state == "unknown"
+    assert "pump.dispense(volume_ul=40) was unconfirmed" in result.error and "orchestrator resolve" in result.error
+    assert len(transcript.written()) == before, "not one byte was sent for it"
+
+
+def test_an_experiment_whose_readings_were_saved_is_finished_from_them_without_sending(bench, tmp_path):
+    """The crash came after the last step but before the result was committed: the saved spectrum is analysed."""
+    campaign, b, drivers, transcript = bench
+    backend = InstrumentBackend(campaign, drivers, b.lab.clock, tmp_path / "raw")
+    backend.executor.start_keepalive()
+    with Ledger.for_campaign(campaign, tmp_path) as ledger:
+        (exp,) = ledger.add_proposed([{"temp_c": 120.0}], "sobol")
+        first = CampaignRunner(campaign, ledger, backend).run_experiment(exp.id)
+        assert first.state == "completed"
+        ledger._db.execute("UPDATE experiments SET state = 'running', outcomes = NULL, raw = NULL WHERE id = ?", (exp.id,))
+        before = len(transcript.written())
+        again = CampaignRunner(campaign, ledger, backend).run_experiment(exp.id)
+        assert any("resumed: every step had been done" in (e["detail"] or "") for e in ledger.events(exp.id))
+    assert again.state == "completed" and again.outcomes == first.outcomes and again.raw == first.raw
     assert len(transcript.written()) == before
+
+
+def test_the_simulated_bench_journal_accounts_for_each_key(write_campaign, lab_dict, tmp_path):
+    """The bench's journal says, by idempotency key, what it did; a run resumed after a crash asks it."""
+    from tests.conftest import REPO
+
+    data = yaml.safe_load((REPO / "campaigns" / "perovskite_film_hardware.yaml").read_text())
+    data["budget"] = {"max_experiments": 1, "batch_size": 1, "initial_experiments": 1}
+    campaign = load_campaign(write_campaign(data))
+    with (
+        Ledger.for_campaign(campaign, tmp_path) as ledger,
+        open_backend(campaign, tmp_path, simulate=True) as backend,
+    ):
+        run_loop(CampaignRunner(campaign, ledger, backend))
+        (exp,) = ledger.experiments()
+        account = backend.inquire(exp.dispatch_key)
+        assert backend.inquire("never-used-key") is None
+        # Decisions a resumed run would take for a dispense left unconfirmed, asked of this journal:
+        log = [StepRecord(0, "pump_fai.dispense(...)", False, "started", None, None)]
+        steps = backend.procedure.steps(exp.conditions)
+        assert decide(steps, log, account, can_ask=True).verdict == "unknown"
+        assert decide(steps, log, backend.inquire("never-used-key"), can_ask=True).verdict == "redispatch"
+    assert account.material_samples == 1 and account.measured
+    assert sum("dispensed" in e for e in account.events) == 5
+    if exp.state == "completed":
+        assert exp.outcomes["band_gap_ev"] == pytest.approx(account.truth["band_gap_ev"], abs=0.02)
+    assert "it was measured" in decide(steps, log, account, can_ask=True).reason
 
 
 def test_a_simulated_bench_run_repeats_exactly_under_its_seed(write_campaign, lab_dict, tmp_path):

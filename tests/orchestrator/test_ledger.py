@@ -26,7 +26,7 @@ def test_lifecycle_survives_reopen(tmp_path):
         assert (b2.state, b2.error) == ("failed", "film did not form")
         assert a2.started_at and a2.finished_at and a2.proposed_at <= a2.started_at <= a2.finished_at
         assert [e["to_state"] for e in ledger.events(a.id)] == ["proposed", "running", "completed"]
-        assert ledger.counts() == {"proposed": 0, "running": 0, "completed": 1, "failed": 1}
+        assert ledger.counts() == {"proposed": 0, "running": 0, "completed": 1, "failed": 1, "unknown": 0}
         (c,) = ledger.add_proposed([{"x": 3.0}], "gp:qLogNEI")
         assert c.batch == 2 and c.id == 3
 
