@@ -31,7 +31,7 @@ journal by idempotency key that outlives the process; at the end the harness che
 4. each ``unknown`` experiment can be resolved with ``orchestrator resolve`` (the harness marks them failed,
    as a person who discarded the sample would).
 
-    .venv/bin/python benchmarks/crash_resume.py                  # >= 30 kills, budget 40
+    .venv/bin/python benchmarks/crash_resume.py                  # >= 30 kills, budget 60
     .venv/bin/python benchmarks/crash_resume.py --kills 5 --budget 8   # a quick run
 
 Exit status 0 only if every check passed and at least ``--kills`` kills landed after start-up.
@@ -272,7 +272,7 @@ def _cause(error: str | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=30)
-    parser.add_argument("--budget", type=int, default=40)
+    parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--max-delay-s", type=float, default=4.0)
     parser.add_argument("--point-share", type=float, default=0.5, help="share of kills at crash points")

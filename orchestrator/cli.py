@@ -1,4 +1,4 @@
-"""The ``orchestrator`` command line: run, validate, preflight, schema, status, report, resolve, export.
+"""The ``orchestrator`` command line: run, validate, preflight, schema, status, report, resolve, add, export.
 
 A user's mistake (a bad campaign file, a ledger of another campaign) prints one line per problem and
 exits with code 2; it never prints a traceback.
@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from orchestrator.campaign import Campaign, campaign_json_schema, load_campaign
 from orchestrator.errors import CampaignFileError, UserInputError
+from orchestrator.manual import parse_outcome_values
 
 app = typer.Typer(
     name="orchestrator",
@@ -382,39 +383,6 @@ def resolve(
     console.print(f"experiment {experiment_id}: {exp.state} ({escape(str(what))}), recorded by {escape(who)}", highlight=False)
 
 
-def parse_outcome_values(items: list[str], names: list[str]) -> dict[str, float]:
-    """``["a=1.5", "b=2,c=3"]`` → ``{"a": 1.5, "b": 2.0, "c": 3.0}``, every outcome exactly once.
-
-    Raises:
-        UserInputError: a malformed pair, an unknown or repeated outcome, a value that is not a finite
-            number, or a missing outcome.
-    """
-    import math
-
-    out: dict[str, float] = {}
-    for item in items:
-        for pair in filter(None, (p.strip() for p in item.split(","))):
-            name, sep, text = pair.partition("=")
-            name = name.strip()
-            if not sep or not name:
-                raise UserInputError(f"--result {pair!r}: write OUTCOME=VALUE, e.g. {names[0]}=1.62")
-            if name not in names:
-                raise UserInputError(f"--result {pair!r}: '{name}' is not an outcome; outcomes: {', '.join(names)}")
-            if name in out:
-                raise UserInputError(f"--result: '{name}' is given twice")
-            try:
-                value = float(text)
-            except ValueError:
-                raise UserInputError(f"--result {pair!r}: {text.strip()!r} is not a number") from None
-            if not math.isfinite(value):
-                raise UserInputError(f"--result {pair!r}: the value must be a finite number")
-            out[name] = value
-    missing = [n for n in names if n not in out]
-    if missing:
-        raise UserInputError(f"--result: give every outcome; missing {', '.join(missing)}")
-    return out
-
-
 def _user_name(getpass_module: object) -> str:
     try:
         return getpass_module.getuser()  # type: ignore[attr-defined]
@@ -448,6 +416,66 @@ def export(
             target.parent.mkdir(parents=True, exist_ok=True)
             writer(target, index=False)
             console.print(f"wrote {len(frame)} experiments to {target}", highlight=False)
+
+
+@app.command()
+def add(
+    campaign_file: CampaignFile,
+    conditions: Annotated[
+        list[str],
+        typer.Option(
+            "--conditions", help="PARAMETER=VALUE of the experiment you ran; repeat (or comma-separate) for every parameter."
+        ),
+    ],
+    outcomes: Annotated[
+        Optional[list[str]],
+        typer.Option("--outcomes", help="OUTCOME=VALUE as you measured it; repeat (or comma-separate) for every outcome."),
+    ] = None,
+    failed: Annotated[
+        Optional[str], typer.Option("--failed", help="Record it as failed (e.g. the film did not form), with this reason.")
+    ] = None,
+    by: Annotated[Optional[str], typer.Option("--by", help="Who ran it (default: your user name).")] = None,
+    note: Annotated[Optional[str], typer.Option("--note", help="Free text kept with the experiment.")] = None,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Add an experiment you ran by hand: its conditions and measured outcomes, or --failed with a reason.
+
+    It is recorded as finished (generator `manual`), counts in the budget like any experiment, and the next
+    proposal learns from it. A ledger that does not exist yet is created. No run lock is taken: a running
+    campaign picks the result up at its next proposal.
+    """
+    import getpass
+
+    campaign = _load(campaign_file)
+    from orchestrator.ledger import Ledger
+    from orchestrator.manual import parse_conditions
+
+    if (outcomes is None) == (failed is None):
+        err_console.print("[bold red]error:[/] give either --outcomes OUTCOME=VALUE ... or --failed REASON", highlight=False)
+        raise typer.Exit(2)
+    with user_errors():
+        values = parse_conditions(conditions, campaign)
+        measured = None
+        if outcomes is not None:
+            measured = parse_outcome_values(outcomes, [o.name for o in campaign.outcomes], option="--outcomes")
+        if failed is not None and not failed.strip():
+            raise UserInputError("--failed needs a reason (what happened to the sample)")
+    who = by or _user_name(getpass)
+    with user_errors(), Ledger.for_campaign(campaign, results_dir) as ledger:
+        exp = ledger.add_manual(values, measured, who, note, failed=failed.strip() if failed is not None else None)
+        used = sum(ledger.counts().values())
+    what = ", ".join(f"{k}={v:g}" for k, v in (exp.outcomes or {}).items()) or f"failed: {exp.error}"
+    console.print(
+        f"experiment {exp.id}: {exp.state} ({escape(what)}), added by hand by {escape(who)}; "
+        f"{used} of {campaign.budget.max_experiments} experiments used",
+        highlight=False,
+    )
+    if used >= campaign.budget.max_experiments:
+        console.print(
+            "the budget is used: `orchestrator run` proposes no more experiments; raise budget.max_experiments to "
+            "continue the campaign",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":

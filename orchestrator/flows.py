@@ -2,7 +2,9 @@
 
 The tasks call ``CampaignRunner`` methods; the ledger stays the source of truth, so task results are
 not persisted or cached (a cached measurement would hand back the first result for a repeated,
-identical experiment).
+identical experiment). The flow run is named after the campaign and tagged with it; each experiment's
+task run is named by its id and conditions; the campaign's artifacts (``orchestrator.artifacts``) are
+updated as the run goes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from rich.console import Console
 
+from orchestrator.artifacts import CampaignArtifacts
 from orchestrator.campaign import load_campaign
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.proposer import Observations
-from orchestrator.report import ProgressPrinter
+from orchestrator.report import ProgressPrinter, fmt
 from orchestrator.run_lock import RunLock
 from orchestrator.backends import open_backend
 from orchestrator.surrogates import Surrogate
@@ -38,7 +41,22 @@ def propose_task(runner: CampaignRunner, obs: Observations, surrogate: Surrogate
     return runner.propose(obs, surrogate, count)
 
 
-@task(name="run-experiment", task_run_name="experiment-{exp_id}", **_TASK_OPTIONS)
+def experiment_run_name() -> str:
+    """``experiment-12 (anneal_temp_c=150, antisolvent=toluene, …)``: the task run's name in the UI."""
+    from prefect.runtime import task_run
+
+    params = task_run.parameters
+    exp_id = params["exp_id"]
+    try:
+        conditions = params["runner"].ledger.get(exp_id).conditions
+    except Exception:  # noqa: BLE001 - a name is never worth failing a task over
+        return f"experiment-{exp_id}"
+    text = ", ".join(f"{k}={fmt(v)}" for k, v in conditions.items())
+    name = f"experiment-{exp_id} ({text})"
+    return name if len(name) <= 200 else name[:199] + "…"
+
+
+@task(name="run-experiment", task_run_name=experiment_run_name, **_TASK_OPTIONS)
 def run_experiment_task(runner: CampaignRunner, exp_id: int) -> Experiment:
     return runner.run_experiment(exp_id)
 
@@ -83,16 +101,30 @@ def campaign_flow(
             campaign, results_dir, simulate=simulate, transcript_path=transcript_path, fault_rate=fault_rate
         ) as backend,
     ):
-        listener = ProgressPrinter(Console()) if progress else None
-        runner = CampaignRunner(campaign, ledger, backend, on_event=listener)
+        printer = ProgressPrinter(Console()) if progress else None
+        runner = CampaignRunner(campaign, ledger, backend)
+        artifacts = CampaignArtifacts(runner)
+
+        def listener(kind: str, exp: Experiment, r: CampaignRunner) -> None:
+            if printer is not None:
+                printer(kind, exp, r)
+            artifacts.on_event(kind, exp, r)
+
+        def refit(obs: Observations) -> Surrogate | None:
+            artifacts.publish()  # once per batch: what the last batch measured, before the next proposal
+            return refit_task(runner, obs)
+
+        runner.on_event = listener
+        artifacts.start()
         logger.info("campaign %s: %s", campaign.name, ledger.counts())
         run_loop(
             runner,
             map_experiments=_prefect_map(runner),
             submit=lambda exp_id: run_experiment_task.submit(runner, exp_id),
-            refit=lambda obs: refit_task(runner, obs),
+            refit=refit,
             propose_step=lambda obs, s, n: propose_task(runner, obs, s, n),
         )
+        artifacts.publish()
         counts = ledger.counts()
         logger.info("campaign %s finished: %s", campaign.name, counts)
         return counts

@@ -13,6 +13,9 @@ the instrument answered. A run that finds an experiment still ``running`` after 
 (and asks the backend) to decide: finish it from its saved readings, dispatch it again where nothing
 irreversible had started, or mark it ``unknown`` for a person to settle with ``orchestrator resolve``
 (``unknown → completed | failed``). Nothing is ever silently sent twice.
+
+An experiment a person ran by hand enters already finished (``orchestrator add``, :meth:`Ledger.add_manual`):
+generator ``manual``, events ``proposed → completed | failed`` in one transaction, counted in the budget.
 """
 
 from __future__ import annotations
@@ -285,6 +288,65 @@ class Ledger:
                 _detail=f"resolved{who}: {json.dumps(dict(outcomes))}", _resolving=True,
             )
         return self._transition(exp_id, "failed", error=f"resolved{who}: {failed}", finished_at=_now(), _resolving=True)
+
+    def add_manual(
+        self,
+        conditions: Mapping[str, Any],
+        outcomes: Mapping[str, float] | None = None,
+        by: str = "",
+        note: str | None = None,
+        *,
+        failed: str | None = None,
+    ) -> Experiment:
+        """Records an experiment a person ran by hand, already finished: its outcomes, or failed with a reason.
+
+        One transaction inserts it as its own batch (generator ``manual``, ``proposal_info`` ``{"added_by",
+        "note"}``), with a dispatch key like any other, ``started_at``/``finished_at`` set and ``attempts`` 0
+        (nothing was dispatched), and the events ``proposed`` and ``completed``/``failed`` saying who added it.
+        It counts in the budget like any experiment, and the next proposal learns from it. The conditions are
+        stored as given: check them against the campaign first (``orchestrator.manual.parse_conditions``).
+
+        Raises:
+            LedgerError: neither or both of ``outcomes`` and ``failed``, or an outcome that is not a finite number.
+        """
+        import math
+
+        if (outcomes is None) == (failed is None):
+            raise LedgerError("a manual experiment needs either its outcomes or a failure reason")
+        if outcomes is not None:
+            outcomes = {str(k): float(v) for k, v in outcomes.items()}
+            bad = [k for k, v in outcomes.items() if not math.isfinite(v)]
+            if bad:
+                raise LedgerError(f"outcome(s) {', '.join(bad)} must be finite numbers")
+        at = _now()
+        who = f" by {by}" if by else ""
+        info = {"added_by": by or None, "note": note}
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.meta().get("campaign_name", "exp"))[:40]
+        state = "completed" if outcomes is not None else "failed"
+        with self._tx():
+            batch = self._db.execute("SELECT COALESCE(MAX(batch), 0) + 1 FROM experiments").fetchone()[0]
+            cur = self._db.execute(
+                "INSERT INTO experiments (batch, state, conditions, outcomes, error, generator, proposal_info, "
+                "proposed_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, 'manual', ?, ?, ?, ?)",
+                (
+                    batch,
+                    state,
+                    json.dumps(dict(conditions)),
+                    json.dumps(outcomes) if outcomes is not None else None,
+                    failed,
+                    json.dumps(info),
+                    at,
+                    at,
+                    at,
+                ),
+            )
+            exp_id = cur.lastrowid
+            key = f"{prefix}-{exp_id:05d}-{secrets.token_hex(4)}"
+            self._db.execute("UPDATE experiments SET dispatch_key = ? WHERE id = ?", (key, exp_id))
+            self._event(exp_id, at, None, "proposed", f"added by hand{who}" + (f" ({note})" if note else ""))
+            result = json.dumps(outcomes) if outcomes is not None else f"failed: {failed}"
+            self._event(exp_id, at, "proposed", state, f"added by hand{who}: {result}")
+        return self.get(exp_id)
 
     def note(self, exp_id: int, detail: str) -> None:
         """Appends an event that changes no state (e.g. why a resumed experiment was finished)."""

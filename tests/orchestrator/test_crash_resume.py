@@ -56,8 +56,8 @@ def test_kills_in_each_narrow_window_lose_nothing_and_repeat_nothing(tmp_path):
 @pytest.mark.slow
 def test_thirty_kills_across_the_phases(tmp_path):
     harness = _harness()
-    report = harness.run_harness(tmp_path, kills=30, budget=40, seed=11)
+    report = harness.run_harness(tmp_path, kills=30, budget=60, seed=11)
     assert report.total_kills >= 30
-    _assert_exactly_once(report, 40)
+    _assert_exactly_once(report, 60)
     hit = {phase for phase, n in report.kills.items() if n}
     assert {"proposing", "instrument step"} <= hit, report.kills

@@ -49,13 +49,45 @@ def test_flow_runs_campaign_and_reports_to_prefect(prefect_api, tmp_path, campai
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), task_run_filter=TaskRunFilter()
         )
     names = sorted(t.name for t in tasks)
-    assert [n for n in names if n.startswith("experiment-")] == sorted(f"experiment-{i}" for i in range(1, 8))
+    by_id = {e.id: e for e in exps}
+    expected = []
+    for i in range(1, 8):
+        c = by_id[i].conditions
+        expected.append(f"experiment-{i} (temp_c={c['temp_c']:.4g}, layers={c['layers']}, solvent={c['solvent']})")
+    assert [n for n in names if n.startswith("experiment-")] == sorted(expected)
     assert sum(n.startswith("propose") for n in names) == 3
     assert sum(n.startswith("refit") for n in names) == 3
     assert all(t.state.is_completed() for t in tasks)
 
     # A second run of the finished campaign resumes and does nothing more.
     assert run_campaign_flow(path, tmp_path / "results", progress=False) == counts
+
+    # The campaign's artifacts, under keys stable per campaign: each run added a version of each.
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
+            "toy-progress", "toy-experiments", "toy-summary", "toy-convergence"
+        ])))
+    by_key: dict = {}
+    for a in arts:
+        by_key.setdefault(a.key, []).append(a)
+    assert set(by_key) == {"toy-progress", "toy-experiments", "toy-summary", "toy-convergence"}
+    assert len(by_key["toy-progress"]) == 2, "one progress artifact per flow run"
+    assert any(a.data == 100 and a.flow_run_id == run.id for a in by_key["toy-progress"])
+    latest_table = max(by_key["toy-experiments"], key=lambda a: a.created)
+    table = latest_table.data if isinstance(latest_table.data, list) else __import__("json").loads(latest_table.data)
+    assert sorted(r["id"] for r in table) == list(range(1, 8))
+    summary = max(by_key["toy-summary"], key=lambda a: a.created).data
+    assert "Best so far" in summary and f"#{_best_id(exps)}" in summary
+    image = max(by_key["toy-convergence"], key=lambda a: a.created).data
+    assert image.startswith("data:image/png;base64,iVBORw0KGgo")
+    assert len(by_key["toy-summary"]) >= 3, "published once per batch, not only at the end"
+
+
+def _best_id(exps):
+    done = [e for e in exps if e.state == "completed"]
+    return max(done, key=lambda e: e.outcomes["yield_pct"]).id
 
 
 def test_flow_runs_a_campaign_on_simulated_instruments(prefect_api, tmp_path):
