@@ -9,17 +9,24 @@ spoils each reply with probability ``--fault-rate``, drawing the kind from the b
 a measurement that is NaN or out of range (``bad_value``), the device's own error state (``device_error``)
 and a port that vanishes and comes back (``disconnect``).
 
-Faults start once the instruments are connected. Connecting is not retried beyond each query's own tries
-(a pump alarm or three spoiled replies to one connect query end the run before its first experiment), and
-what is soaked here is the loop: with faults from the first byte, both seeds of ``--seeds 2`` failed to
-connect. A run that cannot connect is reported and counts as a failed soak.
+Faults are on from the first byte: connecting is soaked too. Connect queries are idempotent and retried (a
+pump's with ``CONNECT_RETRIES`` further tries; the stage's status with ``status_tries``), and a pump alarm from
+before the connection (``A?S``, ``A?R``) is cleared by reading it (see ``instruments.new_era``). A run that
+cannot connect is reported and counts as a failed soak.
+
+One change to the campaign besides seed and budget: GRBL stages get ``rehome_after_alarm: true``. The soak's
+hard-limit alarms are the fault plan's ``device_error``, not a crash, and nobody is at the simulated bench to
+look and home it; on a real bench the driver's default (refuse moves until someone has looked) stands. A reset
+(a ``disconnect`` reopens the port, which resets the Arduino) is re-homed by the driver's default
+``rehome_after_reset``.
 
 Printed per run and in total:
 
 - experiments completed / failed of the budget, and any left ``proposed`` or ``running`` (must be none);
 - failure reasons grouped by cause: the ledger's reason with numbers and quoted bytes blanked, shortened;
 - replies decided by the fault plans and how many each fault kind spoiled (per run and in total);
-- transport retries (``instruments.transport`` "retrying" log records: an idempotent command sent again),
+- retries (``instruments.transport`` "retrying" log records: an idempotent command sent again; and the stage
+  driver's own "asking again" of a status query, which it retries itself to let a late reply pass first),
   disconnects the simulated ports made and reconnects the transports made (``reopens``), and lost ``RUN`` replies the pump driver resolved by asking the
   pump (``instruments.new_era`` warnings) instead of resending;
 - duplicate pump ``RUN`` commands within one experiment, from the transcript (must be none);
@@ -79,7 +86,9 @@ class _Count(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if record.name == "instruments.transport" and "retrying" in msg:
+        if (record.name == "instruments.transport" and "retrying" in msg) or (
+            record.name == "instruments.gcode" and "asking again" in msg
+        ):
             self.retries += 1
         elif record.name == "instruments.new_era" and "reply to RUN lost" in msg:
             self.run_lost += 1
@@ -89,6 +98,9 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
     """One campaign run on the simulated bench; returns the figures."""
     data = yaml.safe_load(CAMPAIGN.read_text())
     data["seed"] = seed
+    for inst in data["instruments"].values():
+        if inst.get("driver") == "grbl":  # see the module docstring
+            inst.setdefault("options", {})["rehome_after_alarm"] = True
     if budget is not None:
         b = data["budget"]
         b["max_experiments"] = budget
@@ -106,13 +118,10 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
     class Recorded(original):  # type: ignore[misc, valid-type]
         def start(self):  # type: ignore[no-untyped-def]
             benches.append(self)
-            started = super().start()
-            for device in self.devices.values():
-                device.faults.set_rate(0.0)  # faults begin once connected: see the module docstring
-            return started
+            return super().start()
 
     counter = _Count()
-    loggers = [logging.getLogger("instruments.transport"), logging.getLogger("instruments.new_era")]
+    loggers = [logging.getLogger(n) for n in ("instruments.transport", "instruments.new_era", "instruments.gcode")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(counter)
@@ -127,9 +136,6 @@ def soak_once(seed: int, fault_rate: float, budget: int | None, workdir: Path) -
                 campaign, results, simulate=True, transcript_path=transcript_path, fault_rate=fault_rate
             ) as backend,
         ):
-            for bench in benches:
-                for device in bench.devices.values():
-                    device.faults.set_rate(fault_rate)
             run_loop(CampaignRunner(campaign, ledger, backend))
             transports = {id(d.transport): d.transport for d in backend.drivers.values()}
             reopens = sum(t.reopens for t in transports.values())
@@ -186,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 r = soak_once(seed, args.fault_rate, args.budget, workdir)
             except UserInputError as exc:
-                # Connecting is not retried beyond the transport's own tries: three spoiled replies in a row
-                # to one connect query end the run before any experiment. Say so, and go on to the next seed.
+                # Connect queries get more tries than the loop's, but a run of spoiled replies longer than that
+                # (or an alarm a person must clear) ends the run before any experiment. Say so, go on.
                 print(f"seed {seed}: did not start: {exc}", flush=True)
                 not_started.append(seed)
                 continue

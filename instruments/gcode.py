@@ -27,9 +27,19 @@ Choices where the manual leaves it to the sender:
   would queue a second block whose fate we would again not know. The status decides: Run → wait; Idle at
   the target → done; Idle where it started three polls in a row → not executed (``effect_unknown=False``);
   Alarm → :class:`DeviceError` (``effect_unknown=True``).
+- Status reports carry no sequence number, so the driver keeps them fresh itself. ``?`` is idempotent: a
+  garbled, cut-short or missing report is asked again, up to ``Options.status_tries`` times. After any
+  reply timed out (a status, a move's ``ok``, a banner) the driver listens until the line has been quiet
+  for ``Options.late_reply_s`` before it sends again, dropping what arrives: a reply that was only late
+  must not be read as the answer to the next ``?`` (a stale ``<Run|...>`` would refuse the next move, a
+  stale position would plan a station path from the wrong place). A reply later than the port's timeout
+  plus ``late_reply_s`` cannot be told from a fresh one; raise it on a line that delays replies more.
 - Waiting polls ``?`` every ``Options.poll_s`` on the driver's clock until Idle *at the target* (within
-  ``Options.position_tolerance_mm``); a stage that does not move for ``Options.move_margin_s`` (held,
-  stalled) is an :class:`InstrumentTimeout` with ``effect_unknown``.
+  ``Options.position_tolerance_mm``); a poll that gets no usable report is skipped, not fatal; a stage that
+  does not move for ``Options.move_margin_s`` (held, stalled, or no usable report) is an
+  :class:`InstrumentTimeout` with ``effect_unknown``. A move (each segment of a station path) starts only
+  from Idle: Run/Jog/Home is waited out (earlier motion finishing) for at most ``move_margin_s``;
+  Hold, Door, Sleep, Check and Alarm refuse it before anything is sent.
 - ``move_to_station``: Z to the travel height ``Options.safe_z_mm`` (staying put if already higher; "up"
   is +Z unless ``z_up_positive`` is false), then XY, then Z to the station; all three targets are checked
   against the envelope before the first byte is sent (stations and ``safe_z_mm`` also at construction).
@@ -39,6 +49,26 @@ Choices where the manual leaves it to the sender:
 - ``connect`` waits up to ``Options.ready_timeout_s`` for the banner (goes on without it for boards that do
   not reset on open) and homes if the controller is in Alarm and ``Options.home_on_connect``. The driver
   never sends ``$X`` (unlock without homing): the envelope means nothing until the machine knows where it is.
+
+Resets and alarms (when the machine position is lost, and who may re-home):
+
+- The driver sets the transport's ``on_reopen`` hook: after a port failure the port is reopened by its
+  stable name, which resets an Arduino-based GRBL (motion stops, the position is forgotten, Alarm). The
+  hook reads the new banner; a banner then means the position is lost. Without one, or for a banner that
+  arrives unasked, the next status decides: Alarm → reset, anything else → the controller kept its state
+  (GRBL keeps its position across a soft reset from Idle or a finished hold).
+- A move under way when that happens fails with ``effect_unknown=True`` naming the reset; it is never
+  resent (where the stage stopped is unknown). Before the *next* ``move_to``/``move_to_station`` the driver
+  homes first if ``Options.rehome_after_reset`` (default true): nothing tripped, only the position was
+  forgotten, and homing from an unknown position is what every power-up needs (``connect`` does the same).
+  A station path is never resumed mid-way after a re-home: its lift-then-travel order assumed the start.
+- ``ALARM:1`` (hard limit) and ``ALARM:2`` (soft limit), or an Alarm whose ``ALARM:N`` line was never seen,
+  mean the machine was driven where it must not go: a lost step, a wrong envelope, a crash or something in
+  the way. By default the driver then refuses every move until someone has looked and run ``home``;
+  ``Options.rehome_after_alarm: true`` lets it re-home unattended (simulated benches, a stage with nothing
+  to hit). ``ALARM:3`` (reset during motion) counts as a reset. A failed homing (``ALARM:6``-``9``), or
+  the power-up Alarm with ``home_on_connect`` off, is never re-homed automatically.
+- :meth:`position` refuses to report a position the controller has lost.
 """
 
 from __future__ import annotations
@@ -225,7 +255,8 @@ class GcodeStage(Driver):
             return self
 
     class Options(Settings):
-        """Stations, travel height, default feed and timing."""
+        """Stations, travel height, default feed, timing, and what the driver may do after a reset or alarm
+        (see the module docstring)."""
 
         stations: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
         safe_z_mm: float | None = None
@@ -238,6 +269,10 @@ class GcodeStage(Driver):
         halt_timeout_s: float = Field(10.0, gt=0)
         ready_timeout_s: float = Field(3.0, ge=0)
         home_on_connect: bool = True
+        rehome_after_reset: bool = True
+        rehome_after_alarm: bool = False
+        status_tries: int = Field(5, ge=1, le=20)
+        late_reply_s: float = Field(0.75, ge=0)
 
         @model_validator(mode="after")
         def _travel_height(self) -> "GcodeStage.Options":
@@ -257,6 +292,11 @@ class GcodeStage(Driver):
         for station, point in opt.stations.items():
             self._check_target(point, f"station '{station}'")
         self.version: str | None = None
+        # Why the machine position cannot be trusted until the next homing: (kind, what happened), kind one of
+        # _LOST_RANK's keys; None while it can.
+        self._unhomed: tuple[str, str] | None = None
+        # A reply timed out and may still arrive; the line is listened to until quiet before the next status.
+        self._unsettled = False
 
     # --- checks (pure) ---------------------------------------------------------------------------
     def _check_target(self, point: Axes, what: str) -> None:
@@ -286,6 +326,9 @@ class GcodeStage(Driver):
     # --- lifecycle -------------------------------------------------------------------------------
     def connect(self) -> None:
         """Opens the port, waits for the banner (the board resets on open), homes if in Alarm and allowed."""
+        # Every later reopen (a port failure) resets an Arduino-based controller: read its banner then.
+        self.transport.on_reopen = self._after_reopen
+        self._unhomed = None
         if not self.transport.is_open:  # an open port was not just opened: no reset, no banner to wait for
             self.transport.open()
             self.version = self._read_banner(b"", self.options.ready_timeout_s)
@@ -294,7 +337,8 @@ class GcodeStage(Driver):
         status = self._status()
         if status.base == "Alarm":
             if not self.options.home_on_connect:
-                log.warning("%s: the controller is in Alarm; home() it before moving", self.name)
+                self._lose("connect", "the controller is in Alarm, as after power-up, and options.home_on_connect is off")
+                log.warning("%s: the controller is in Alarm; home it before moving", self.name)
             else:
                 self.home()
 
@@ -307,8 +351,21 @@ class GcodeStage(Driver):
 
     # --- actions ---------------------------------------------------------------------------------
     def position(self) -> Axes:
-        """The machine position (mm) from a status report."""
-        return self._mpos(self._status())
+        """The machine position (mm) from a status report.
+
+        Raises:
+            DeviceError: the controller has lost its position (reset, alarm) and has not been homed since.
+        """
+        status = self._status()
+        lost = self._why_unhomed(status)
+        if lost is not None or status.base == "Alarm":
+            why = lost[1] if lost else "the controller is in Alarm"
+            raise DeviceError(
+                f"no position to report: {why}; the {status.mpos} it reports is not where the stage is. Home it first",
+                code="position_lost",
+                instrument=self.name,
+            )
+        return self._mpos(status)
 
     def home(self) -> Axes:
         """Runs the homing cycle ``$H`` and waits for Idle; returns the machine position after homing.
@@ -325,10 +382,10 @@ class GcodeStage(Driver):
         lost = self._command(format_home(), timeout_s=self.options.homing_timeout_s)
         deadline = self.clock.now_s() + self.options.homing_timeout_s
         while True:
-            status = self._status()
-            if status.base == "Idle":
+            status = self._poll()
+            if status is not None and status.base == "Idle":
                 break
-            if status.base == "Alarm":
+            if status is not None and status.base == "Alarm":
                 raise DeviceError("homing did not complete: the stage is in Alarm", code="Alarm", instrument=self.name)
             self._sleep_until(deadline, "homing", status, lost)
         if lost is not None and before.base == "Idle" and self._at(self._mpos(status), self._mpos(before)):
@@ -337,6 +394,7 @@ class GcodeStage(Driver):
                 f"call home() again ({lost})",
                 instrument=self.name,
             )
+        self._unhomed = None  # homed: the machine knows where it is again
         return self._mpos(status)
 
     def move_to(self, x_mm: float, y_mm: float, z_mm: float, feed_mm_min: float | None = None) -> Axes:
@@ -347,18 +405,21 @@ class GcodeStage(Driver):
 
         Raises:
             LimitError: a target or feed outside the limits (nothing sent).
-            DeviceError: the controller refused the move (``error:N``), is in Alarm/Hold, or stopped short.
+            DeviceError: the controller refused the move (``error:N``), is in Alarm/Hold (and may not be
+                re-homed, see the module docstring), or stopped short.
             InstrumentTimeout: the stage stopped moving short of the target (``effect_unknown``).
         """
         self._check_move_to(x_mm, y_mm, z_mm, feed_mm_min)
-        return self._move((float(x_mm), float(y_mm), float(z_mm)), float(feed_mm_min or self.options.feed_mm_min))
+        target = (float(x_mm), float(y_mm), float(z_mm))
+        self._ready(f"move to {target}")
+        return self._move(target, float(feed_mm_min or self.options.feed_mm_min))
 
     def move_to_station(self, station: str, feed_mm_min: float | None = None) -> Axes:
         """Moves to a named station: Z to the travel height, then XY, then Z down (see module docstring)."""
         self._check_move_to_station(station, feed_mm_min)
         feed = float(feed_mm_min or self.options.feed_mm_min)
         sx, sy, sz = self.options.stations[station]
-        x, y, z = self.position()
+        x, y, z = self._mpos(self._ready(f"move to station '{station}'"))
         if self._at((x, y), (sx, sy)):
             path = [(x, y, sz)]
         else:
@@ -376,8 +437,8 @@ class GcodeStage(Driver):
         self.transport.send(FEED_HOLD, idempotent=True)
         deadline = self.clock.now_s() + self.options.halt_timeout_s
         while True:
-            status = self._status()
-            if status.state == "Hold:0" or status.base in ("Idle", "Alarm", "Door", "Sleep", "Check"):
+            status = self._poll()
+            if status is not None and (status.state == "Hold:0" or status.base in ("Idle", "Alarm", "Door", "Sleep", "Check")):
                 break
             self._sleep_until(deadline, "halting", status, None)
         if status.base == "Hold":
@@ -386,17 +447,181 @@ class GcodeStage(Driver):
             status = self._status()
         return self._mpos(status)
 
-    # --- helpers ---------------------------------------------------------------------------------
+    # --- status reports --------------------------------------------------------------------------
     def _status(self) -> Status:
-        return self.transport.query(STATUS_QUERY, end=EOL, parse=self._named(parse_status), idempotent=True)
+        """A fresh status report, asked up to ``Options.status_tries`` times (``?`` changes nothing).
 
+        The driver retries here rather than in the transport so that it can first let a timed-out reply
+        arrive and drop it (see :meth:`_settle`); the transport only drains for a moment.
+
+        Raises:
+            InstrumentTimeout, ProtocolError: no usable report in as many tries.
+            DeviceError: an ``ALARM:N`` line came instead (the controller's own news: not asked again).
+            ConnectionLost: the port failed and could not be reopened.
+        """
+        last: InstrumentError | None = None
+        tries = self.options.status_tries
+        for attempt in range(tries):
+            if self._unsettled:
+                self._settle()
+            try:
+                return self.transport.query(STATUS_QUERY, end=EOL, parse=self._parse_status, idempotent=True, retries=0)
+            except InstrumentTimeout as exc:
+                self._unsettled = True  # it may only be late: let it come before asking again
+                last = exc
+            except ProtocolError as exc:
+                self._settle(0.02)  # the rest of a garbled line, or the fresh reply behind a stale one
+                last = exc
+            except ConnectionLost as exc:
+                if not self.transport.is_open:
+                    raise  # did not come back: asking again cannot help
+                last = exc  # reopened (the hook has read the banner): ask again
+            if attempt < tries - 1:
+                log.info("%s: status report unusable (%s); asking again", self.name, last)
+        assert last is not None
+        detail = str(last).removeprefix(f"{self.name}: ")
+        raise type(last)(
+            f"no usable status report in {tries} tries (last: {detail}); check the cable, power and line settings",
+            instrument=self.name,
+        )
+
+    def _poll(self) -> Status | None:
+        """A status report while waiting, or None when none could be had (the wait's own deadline decides)."""
+        try:
+            return self._status()
+        except (InstrumentTimeout, ProtocolError) as exc:
+            log.warning("%s: %s; polling on", self.name, exc)
+            return None
+
+    def _parse_status(self, frame: bytes) -> Status:
+        if _BANNER.search(frame.decode("ascii", "replace")):  # a restart nobody asked for: brown-out, watchdog
+            self._lose("maybe_reset", "the controller restarted unasked (its banner arrived)")
+        return self._named(parse_status)(frame)
+
+    def _settle(self, quiet_s: float | None = None) -> None:
+        """Reads and drops what the controller still sends until the line has been quiet for ``quiet_s``
+        (default ``Options.late_reply_s``): a late reply must not be taken for the next command's."""
+        quiet = self.options.late_reply_s if quiet_s is None else quiet_s
+        self._unsettled = False
+        if quiet <= 0:
+            return
+        for _ in range(50):  # GRBL sends nothing unasked for long; bounds a line that babbles
+            try:
+                frame = self.transport.read_frame(end=EOL, timeout_s=quiet)
+            except InstrumentTimeout:
+                return  # quiet (a fragment read meanwhile is dropped with the timeout)
+            except ConnectionLost:
+                return  # reopened: nothing from before can arrive on the new port (the hook ran)
+            log.info("%s: dropped a late or stray reply %r", self.name, frame)
+            self._note_lines(frame)
+
+    def _note_lines(self, frame: bytes) -> None:
+        """Notes the alarms and restarts a dropped frame reports."""
+        text = frame.decode("ascii", "replace")
+        for code in re.findall(r"ALARM:(\d{1,3})", text):
+            self._alarm_seen(int(code))
+        if _BANNER.search(text):  # a soft reset from Idle or a finished hold keeps the position: the state decides
+            self._lose("maybe_reset", "the controller restarted unasked (its banner arrived)")
+
+    # --- resets and alarms -----------------------------------------------------------------------
+    def _lose(self, kind: str, why: str) -> None:
+        """Records why the position cannot be trusted, keeping the graver cause (a hard limit stays one
+        when the controller is also reset)."""
+        if self._unhomed is None or _LOST_RANK[kind] >= _LOST_RANK[self._unhomed[0]]:
+            self._unhomed = (kind, why)
+
+    def _alarm_seen(self, code: int) -> None:
+        kind = "reset" if code == 3 else "homing" if 6 <= code <= 9 else "alarm"
+        self._lose(kind, f"ALARM:{code} ({ALARMS.get(code, 'unknown alarm')})")
+
+    def _after_reopen(self) -> None:
+        """The transport's reopen hook: reads the banner of a controller that reset when its port opened."""
+        self._unsettled = False  # a fresh port holds nothing from before
+        if self._read_banner(b"", self.options.ready_timeout_s) is not None:
+            self._lose("reset", "the controller restarted when its port was reopened (an Arduino resets on open), so its position is lost")
+        else:  # no banner: the next status tells (Alarm → it did reset)
+            self._lose("maybe_reset", "the port was reopened")
+
+    def _why_unhomed(self, status: Status) -> tuple[str, str] | None:
+        """Why the position is lost, given a current status (a reopen without a banner is decided here)."""
+        if self._unhomed is not None and self._unhomed[0] == "maybe_reset":
+            if status.base == "Alarm":
+                self._unhomed = ("reset", f"{self._unhomed[1]} and the controller is in Alarm, as after a power-up, so its position is lost")
+            else:
+                self._unhomed = None  # not a power-up: GRBL keeps its position across a reset from Idle
+        if self._unhomed is None and status.base == "Alarm":
+            return ("alarm", "the controller is in Alarm and the driver saw no ALARM line (it may have been lost on the line)")
+        return self._unhomed
+
+    def _may_rehome(self, kind: str) -> bool:
+        return (kind == "reset" and self.options.rehome_after_reset) or (kind == "alarm" and self.options.rehome_after_alarm)
+
+    def _advice(self, kind: str) -> str:
+        kind = "reset" if kind == "maybe_reset" else kind
+        if self._may_rehome(kind):
+            return "the driver homes it before its next move (options.rehome_after_" + ("reset)" if kind == "reset" else "alarm)")
+        return {
+            "reset": "home it (the home action), or set options.rehome_after_reset: true to let the driver re-home after a reset",
+            "alarm": "check the stage for a crash or something in its way, then home it (the home action); "
+            "options.rehome_after_alarm: true lets the driver re-home unattended",
+            "homing": "homing failed: check the limit switches and that nothing blocks the axes, then home it (the home action)",
+            "connect": "home it (the home action); options.home_on_connect is off",
+        }[kind]
+
+    def _ready(self, what: str) -> Status:
+        """Idle with a trusted position before an action's first move: re-homes first when the position was
+        lost and the options allow it (module docstring), else refuses with what happened and what to do."""
+        status = self._status()
+        lost = self._why_unhomed(status)
+        if lost is None:
+            return self._idle(what, status)
+        kind, why = lost
+        if not self._may_rehome(kind):
+            raise DeviceError(
+                f"cannot {what}: {why}; the machine position is lost. {self._advice(kind)}",
+                code="Alarm" if status.base == "Alarm" else "position_lost",
+                instrument=self.name,
+            )
+        log.warning("%s: %s; homing before the %s (options.rehome_after_%s)", self.name, why, what, kind)
+        self.home()
+        return self._idle(what, self._status())
+
+    def _idle(self, what: str, status: Status) -> Status:
+        """``status`` if Idle; waits out motion already under way (Run, Jog, Home) for at most
+        ``Options.move_margin_s``; refuses any other state. Nothing has been sent for ``what`` yet."""
+        deadline = self.clock.now_s() + self.options.move_margin_s
+        while status.base in ("Run", "Jog", "Home"):
+            if self.clock.now_s() > deadline:
+                raise DeviceError(
+                    f"cannot {what}: the stage is still {status.state} at {status.mpos} after "
+                    f"{self.options.move_margin_s:g} s of waiting for earlier motion to end; nothing was sent",
+                    code=status.state,
+                    instrument=self.name,
+                )
+            log.info("%s: the stage is %s before the %s; waiting for it to stop", self.name, status.state, what)
+            self.clock.sleep(self.options.poll_s)
+            status = self._status()
+        if status.base == "Idle" and self._why_unhomed(status) is None:
+            return status
+        lost = self._why_unhomed(status)
+        if status.base == "Alarm" or lost is not None:
+            kind, why = lost or ("alarm", "the controller is in Alarm")
+            raise DeviceError(
+                f"cannot {what}: {why}. {self._advice(kind)}", code=status.state, instrument=self.name
+            )
+        raise DeviceError(f"cannot {what} while the stage is {status.state}", code=status.state, instrument=self.name)
+
+    # --- helpers ---------------------------------------------------------------------------------
     def _named(self, parse: Callable[[bytes], T]) -> Callable[[bytes], T]:
-        """The parser, its errors naming this instrument (the pure parsers cannot know the name)."""
+        """The parser, its errors naming this instrument (the pure parsers cannot know the name); an
+        ``ALARM:N`` reply is also noted as the reason the position is lost."""
 
         def wrapped(frame: bytes) -> T:
             try:
                 return parse(frame)
             except DeviceError as exc:
+                if exc.code.startswith("ALARM:"):
+                    self._alarm_seen(int(exc.code.partition(":")[2]))
                 raise DeviceError(str(exc), code=exc.code, instrument=self.name) from None
             except ProtocolError as exc:
                 raise ProtocolError(str(exc), instrument=self.name) from None
@@ -418,45 +643,54 @@ class GcodeStage(Driver):
         except (InstrumentTimeout, ProtocolError, ConnectionLost) as exc:
             if not exc.effect_unknown:
                 raise
+            if isinstance(exc, InstrumentTimeout):
+                self._unsettled = True  # the ok may only be late: it must not answer the first status poll
             log.warning("%s: reply to %r lost (%s); asking the controller instead of resending", self.name, line, exc)
             return exc
         return None
 
-    def _sleep_until(self, deadline: float, what: str, status: Status, lost: InstrumentError | None) -> None:
+    def _sleep_until(self, deadline: float, what: str, status: Status | None, lost: InstrumentError | None) -> None:
         if self.clock.now_s() > deadline:
             extra = f"; the command's reply was lost ({lost})" if lost else ""
-            raise InstrumentTimeout(
-                f"{what} not finished in time; the stage is {status.state} at {status.mpos}{extra}",
-                instrument=self.name,
-                effect_unknown=True,
-            )
+            where = f"the stage is {status.state} at {status.mpos}" if status else "no usable status report"
+            raise InstrumentTimeout(f"{what} not finished in time; {where}{extra}", instrument=self.name, effect_unknown=True)
         self.clock.sleep(self.options.poll_s)
 
     def _move(self, target: Axes, feed: float) -> Axes:
-        start_status = self._status()
-        if start_status.base != "Idle":
-            raise DeviceError(
-                f"cannot move while the stage is {start_status.state}"
-                + ("; home() it first" if start_status.base == "Alarm" else ""),
-                code=start_status.state,
-                instrument=self.name,
-            )
+        """One G1 block and the wait for its arrival. Never re-homes: a station path is not resumed mid-way."""
+        start_status = self._idle(f"move to {target}", self._status())
         start = self._mpos(start_status)
         lost = self._command(format_move(*target, feed))
         # A watchdog on progress, not on distance / feed: GRBL silently caps the feed at the axis' max rate
         # ($110..) and accelerates, so a slow but moving stage is fine; one that stops moving is not.
         moved_at, last = self.clock.now_s(), start
         idle_away = 0
+        status: Status | None = None
+        what = f"move to {target} (no progress for {self.options.move_margin_s:g} s)"
         while True:
             try:
-                status = self._status()
+                polled = self._poll()
             except DeviceError as exc:  # an ALARM:N line while moving
-                exc.effect_unknown = True
-                raise
+                raise DeviceError(
+                    f"{str(exc).removeprefix(self.name + ': ')} during the move to {target}; where the stage stopped is "
+                    f"unknown and the move is not resent. {self._advice(self._unhomed[0] if self._unhomed else 'alarm')}",
+                    code=exc.code,
+                    instrument=self.name,
+                    effect_unknown=True,
+                ) from None
+            if polled is None:  # no usable report this time: the progress watchdog decides
+                self._sleep_until(moved_at + self.options.move_margin_s, what, status, lost)
+                continue
+            status = polled
             pos = self._mpos(status)
             if status.base == "Alarm":
+                kind, why = self._why_unhomed(status) or ("alarm", "the controller is in Alarm")
                 raise DeviceError(
-                    f"Alarm during the move to {target}; stage at {pos}", code="Alarm", instrument=self.name, effect_unknown=True
+                    f"Alarm during the move to {target}: {why}; the controller reports {pos}, where the stage stopped is "
+                    f"unknown and the move is not resent. {self._advice(kind)}",
+                    code="Alarm",
+                    instrument=self.name,
+                    effect_unknown=True,
                 )
             if status.base == "Idle":
                 if self._at(pos, target):
@@ -476,22 +710,30 @@ class GcodeStage(Driver):
                 idle_away = 0
             if not self._at(pos, last):
                 moved_at, last = self.clock.now_s(), pos
-            what = f"move to {target} (no progress for {self.options.move_margin_s:g} s)"
             self._sleep_until(moved_at + self.options.move_margin_s, what, status, lost)
 
     def _read_banner(self, payload: bytes, timeout_s: float) -> str | None:
         """Writes ``payload`` (b"": just listen; or the soft reset), reads through the banner; its version or None.
 
         A query rather than ``Transport.read_frame``: its flush right after opening drops only bytes from
-        before the reset, and a ``read_frame`` that times out reopens the port (see the report on the
-        transport), which would reset an Arduino-based controller once more.
+        before the reset. ``ALARM:N`` lines before the banner (``ALARM:3``: reset during motion) are noted.
         """
         if timeout_s <= 0:
             return None
+
+        def parse_noting_alarms(frame: bytes) -> str | None:
+            for code in re.findall(rb"ALARM:(\d{1,3})", frame):
+                self._alarm_seen(int(code))
+            return parse_banner(frame)
+
         try:
-            return self.transport.query(payload, end=BANNER_END, parse=parse_banner, timeout_s=timeout_s, idempotent=False)
+            return self.transport.query(payload, end=BANNER_END, parse=parse_noting_alarms, timeout_s=timeout_s, idempotent=False)
         except InstrumentTimeout:
+            self._unsettled = True  # a banner cut short or late: its rest must not answer the next status
             return None
+
+
+_LOST_RANK = {"maybe_reset": 0, "reset": 1, "alarm": 2, "connect": 3, "homing": 3}
 
 
 SPEC = DriverSpec(

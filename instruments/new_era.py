@@ -34,9 +34,15 @@ Choices where the manual leaves it to the host:
   carries ``effect_unknown=True`` and the driver tries to stop the pump first.
 - A stall (``A?S`` in a poll's reply) is raised as ``DeviceError(code="A?S", effect_unknown=True)`` naming
   the volume pumped (read by one more ``DIS``; the alarm is reported once).
-- :meth:`connect`: a first reply ``A?R`` (the pump was powered up; it reports this once, in place of the
-  reply to the first command, which it did not carry out) is logged and the status asked again
-  (``power_reset_seen`` becomes True); a running pump is stopped; DIA is set and verified.
+- :meth:`connect`: every connect query is idempotent (status, ``VER``, ``DIA``) and asked up to
+  ``CONNECT_RETRIES`` more times after a lost or garbled reply: a failed connect costs the whole run, not one
+  experiment. An alarm is reported once, in place of the reply to one command, which the pump did not carry
+  out; reading it clears it. ``A?R`` (power was interrupted: ``power_reset_seen`` becomes True), ``A?S``
+  (a stall) and ``A?T`` (safe-mode timeout) at connect happened before this connection and left the pump
+  stopped, so they are logged, kept in ``alarms_at_connect``, and the command is sent again; a stall that
+  recurs is caught on the next run, where it names the volume pumped. ``A?E``/``A?O`` (a pumping program
+  failed or is out of range) are refused: a program is loaded that this driver does not run; clear it at the
+  pump. A running pump is stopped; DIA is set and verified.
 - :meth:`stop`: ``STP`` until the prompt is S (at most 3 times; a paused pump needs the second).
 """
 
@@ -74,6 +80,8 @@ VOLUME_UNITS = {"UL": 1.0, "ML": 1000.0}  # → µL
 Direction = Literal["INF", "WDR"]
 _NUM = r"(\d{1,6}(?:\.\d{0,4})?|\.\d{1,4})"
 REL_TOLERANCE, ABS_TOLERANCE_UL = 0.005, 0.001
+CONNECT_RETRIES = 4  # further tries of each connect query after a lost or garbled reply (any query gets 2)
+CLEARED_AT_CONNECT = ("A?R", "A?S", "A?T")  # alarms from before the connection that leave the pump stopped
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,7 @@ class NewEraPump(Driver):
         super().__init__(transport, name=name, limits=limits, options=options, clock=clock)
         self.address: int = self.options.address
         self.power_reset_seen = False
+        self.alarms_at_connect: list[str] = []
         self.version = ""
         self._connected = False
 
@@ -310,23 +319,50 @@ class NewEraPump(Driver):
 
     # --- lifecycle --------------------------------------------------------------------------------
     def connect(self) -> None:
-        """Opens the (shared) port, clears a power-up alarm, stops a running pump, sets the diameter."""
+        """Opens the (shared) port, clears the alarms a pump reports once, stops a running pump, sets the diameter.
+
+        Raises:
+            DeviceError: a pumping-program alarm (``A?E``, ``A?O``), or an alarm in place of every reply.
+            InstrumentTimeout, ProtocolError: no usable reply after ``CONNECT_RETRIES`` further tries.
+        """
         self.transport.open()
-        try:
-            prompt = self._status()
-        except DeviceError as exc:
-            if exc.code != "A?R":
-                raise
-            log.warning("%s: pump %d reports A?R (power was interrupted); the alarm is cleared", self.name, self.address)
-            self.power_reset_seen = True
-            prompt = self._status()
-        self.version = self._query(format_command(self.address, "VER"), parse_version)
+        prompt = self._connect_query(format_command(self.address), parse_status)
+        self.version = self._connect_query(format_command(self.address, "VER"), parse_version)
         self._connected = True
         if prompt != "S":
             log.warning("%s: pump %d was %s at connect; stopping it", self.name, self.address, PROMPTS[prompt])
             self.stop()
-        self._set_diameter()
+        self._set_diameter(connecting=True)
         log.info("%s: connected to %s at address %d", self.name, self.version, self.address)
+
+    def _connect_query(self, payload: bytes, parse: Any) -> Any:
+        """An idempotent connect query, with more tries, and the alarms of :data:`CLEARED_AT_CONNECT` cleared by
+        reading them and asking again (module docstring)."""
+        for _ in range(3):
+            try:
+                return self._query(payload, parse, retries=CONNECT_RETRIES)
+            except DeviceError as exc:
+                if exc.code not in CLEARED_AT_CONNECT:
+                    if exc.code.startswith("A?"):
+                        msg = (
+                            f"pump {self.address} reports alarm {exc.code} at connect ({ALARMS[exc.code[2]]}): a pumping "
+                            "program is loaded or failed, which this driver does not run; clear it at the pump's keypad "
+                            "(or power-cycle the pump), then connect again"
+                        )
+                        raise DeviceError(msg, code=exc.code, instrument=self.name) from None
+                    raise
+                self.alarms_at_connect.append(exc.code)
+                if exc.code == "A?R":
+                    self.power_reset_seen = True
+                    log.warning("%s: pump %d reports A?R (power was interrupted); the alarm is cleared", self.name, self.address)
+                else:
+                    log.warning(
+                        "%s: pump %d reports %s (%s) at connect, from before this connection; the pump is stopped and the "
+                        "alarm cleared by reading it. If it recurs on a run, check the syringe and the line for a blockage",
+                        self.name, self.address, exc.code, ALARMS[exc.code[2]],
+                    )
+        msg = f"pump {self.address} answered {payload!r} with an alarm three times in a row at connect; check the pump's display"
+        raise DeviceError(msg, code="alarm", instrument=self.name)
 
     def safe_state(self) -> None:
         """Stops the pump; never raises."""
@@ -415,10 +451,11 @@ class NewEraPump(Driver):
         if got != direction:
             raise DeviceError(f"direction reads back {got}, not {direction}", code="setting", instrument=self.name)
 
-    def _set_diameter(self) -> None:
+    def _set_diameter(self, connecting: bool = False) -> None:
         text = format_number(self.options.syringe_diameter_mm)
-        self._ack(format_command(self.address, "DIA", text))
-        got = self._query(format_command(self.address, "DIA"), parse_diameter)
+        query = self._connect_query if connecting else self._query
+        query(format_command(self.address, "DIA", text), parse_status)  # an absolute setting: safe to send again
+        got = query(format_command(self.address, "DIA"), parse_diameter)
         self._verify("syringe diameter", float(text), got, "mm")
 
     def _await_run(self, volume: float, rate: float, direction: Direction, lost: InstrumentError | None) -> float:
@@ -455,14 +492,14 @@ class NewEraPump(Driver):
     def _moved(d: Dispensed, direction: Direction) -> float:
         return d.infused_ul if direction == "INF" else d.withdrawn_ul
 
-    def _query(self, payload: bytes, parse: Any, idempotent: bool = True) -> Any:
+    def _query(self, payload: bytes, parse: Any, idempotent: bool = True, retries: int = 2) -> Any:
         address = self.address
 
         def parse_here(frame: bytes) -> Any:
             return parse(frame, address)
 
         try:
-            return self.transport.query(payload, end=ETX, start=STX, parse=parse_here, idempotent=idempotent)
+            return self.transport.query(payload, end=ETX, start=STX, parse=parse_here, idempotent=idempotent, retries=retries)
         except DeviceError as exc:
             raise DeviceError(str(exc), code=exc.code, instrument=self.name) from None
 

@@ -60,6 +60,41 @@ def spoil_reply_to(r, prefix: bytes, kind: str) -> None:
     r.fw.handle = spoiling
 
 
+def spoil_status_after(r, prefix: bytes, *kinds: str) -> None:
+    """Spoils the replies to the status queries that follow the next line starting with ``prefix``, one kind each,
+    in order (a retried ``?`` meets the next kind)."""
+    handle, realtime = r.fw.handle, r.fw._realtime
+    armed = []
+
+    def noting(frame: bytes):
+        if frame.startswith(prefix):
+            r.fw.handle = handle
+            armed.append(True)
+        return handle(frame)
+
+    def spoiling(ch: bytes):
+        if ch == b"?" and armed:
+            r.fw._realtime = realtime
+            for kind in kinds:
+                r.dev.faults.inject(kind)
+        return realtime(ch)
+
+    r.fw.handle, r.fw._realtime = noting, spoiling
+
+
+def slow_line(r, delay_s: float) -> None:
+    """Every reply takes ``delay_s`` to come (a slow adapter): the driver spends its time waiting for replies,
+    so a reply that arrives late lands inside some later query's wait, as it does in a busy poll loop."""
+    deliver = r.dev.faults.deliver
+
+    def slowed(reply: bytes):
+        d = deliver(reply)
+        d.delay_s = max(d.delay_s, delay_s)
+        return d
+
+    r.dev.faults.deliver = slowed
+
+
 def positions(lab):
     return [(e.data["x_mm"], e.data["y_mm"], e.data["z_mm"]) for e in lab.history if e.kind == "position"]
 
@@ -356,16 +391,118 @@ def test_move_that_never_arrived_is_reported_as_not_executed(stage):
     assert not info.value.effect_unknown and stage.fw.count(b"G90") == 1
 
 
-def test_disconnect_during_a_move_resets_the_controller_and_refuses_to_go_on(stage):
+def test_disconnect_during_a_move_fails_it_and_the_next_move_rehomes_first(stage):
     spoil_reply_to(stage, b"G90", "disconnect")
-    with pytest.raises(DeviceError, match="Alarm") as info:
+    with pytest.raises(DeviceError, match="restarted when its port was reopened") as info:
         stage.drv.move_to(20, 30, 4)
-    assert info.value.effect_unknown and stage.fw.count(b"G90") == 1
-    assert stage.dev.disconnects == 1 and stage.drv.transport.reopens == 1
-    with pytest.raises(DeviceError, match="home"):
-        stage.drv.move_to(20, 30, 4)
-    stage.drv.home()
+    assert info.value.effect_unknown and "not resent" in str(info.value) and "homes it before its next move" in str(info.value)
+    assert stage.fw.count(b"G90") == 1 and stage.dev.disconnects == 1 and stage.drv.transport.reopens == 1
+    homings = stage.fw.count(b"$H")
     assert stage.drv.move_to(20, 30, 4) == (20.0, 30.0, 4.0)
+    assert stage.fw.count(b"$H") == homings + 1 and stage.fw.count(b"G90") == 2
+    lines = [f for f in stage.fw.received if f[:1] in (b"$", b"G")]
+    assert lines[-2:] == [b"$H\n", b"G90 G21 G53 G1 X20.000 Y30.000 Z4.000 F500.0\n"], "homed before the move"
+    assert positions(stage.lab)[-2:] == [(0.0, 0.0, 0.0), (20.0, 30.0, 4.0)]
+
+
+def test_after_a_reset_without_rehome_allowed_moves_are_refused_until_homed(tmp_path):
+    r = make(tmp_path, OPTIONS.model_copy(update={"rehome_after_reset": False}))
+    try:
+        r.drv.connect()
+        r.drv.move_to(20, 30, 4)
+        r.dev.faults.inject("disconnect")  # the port drops while the stage is idle: the board resets
+        with pytest.raises(DeviceError, match="no position to report: the controller restarted"):
+            r.drv.position()
+        sent = (r.fw.count(b"G90"), r.fw.count(b"$H"))
+        with pytest.raises(DeviceError, match="rehome_after_reset") as info:
+            r.drv.move_to_station("spin")
+        assert info.value.code == "Alarm" and not info.value.effect_unknown
+        assert (r.fw.count(b"G90"), r.fw.count(b"$H")) == sent, "nothing sent"
+        r.drv.home()
+        assert r.drv.move_to_station("spin") == (50.0, 60.0, 5.0)
+    finally:
+        r.drv.close()
+        r.dev.stop()
+
+
+def test_a_reset_while_idle_is_rehomed_before_a_station_path_is_planned(stage):
+    stage.drv.move_to(200, 150, 2)
+    stage.dev.faults.inject("disconnect")
+    stage.drv.move_to_station("spin")
+    # Homed first (the reset forgot 200,150,2), then lifted from home, travelled, lowered: no path from a stale start.
+    assert positions(stage.lab)[-4:] == [(0.0, 0.0, 0.0), (0.0, 0.0, 40.0), (50.0, 60.0, 40.0), (50.0, 60.0, 5.0)]
+
+
+def test_hard_limit_is_rehomed_only_when_the_options_allow_it(tmp_path):
+    r = make(tmp_path, OPTIONS.model_copy(update={"rehome_after_alarm": True}))
+    try:
+        r.drv.connect()
+        r.fw.trigger_hard_limit()
+        with pytest.raises(DeviceError) as info:
+            r.drv.move_to(10, 10, 10)
+        assert info.value.code == "ALARM:1"
+        assert r.drv.move_to(10, 10, 10) == (10.0, 10.0, 10.0)
+        assert r.fw.count(b"$H") == 2, "connect, then the re-homing"
+    finally:
+        r.drv.close()
+        r.dev.stop()
+
+
+def test_homing_failure_is_never_rehomed_automatically(tmp_path):
+    r = make(tmp_path, OPTIONS.model_copy(update={"rehome_after_alarm": True}))
+    try:
+        r.drv.connect()
+        r.fw.homing_fails = True
+        with pytest.raises(DeviceError):
+            r.drv.home()
+        with pytest.raises(DeviceError, match="limit switches") as info:
+            r.drv.move_to(10, 10, 10)
+        assert info.value.code == "Alarm" and r.fw.count(b"$H") == 2 and r.fw.count(b"G90") == 0
+    finally:
+        r.drv.close()
+        r.dev.stop()
+
+
+def test_a_late_status_report_is_dropped_not_read_as_a_later_one(stage):
+    slow_line(stage, 0.05)
+    spoil_status_after(stage, b"G90", "late")  # the first poll of the move: <Run|MPos:0,0,0> comes 0.5 s late
+    assert stage.drv.move_to(1, 0, 0, feed_mm_min=600) == (1.0, 0.0, 0.0)
+    assert stage.dev.faults.applied == ["late"]
+    end = time.monotonic() + 0.8  # past the late report's arrival
+    while time.monotonic() < end:
+        assert stage.drv.position() == (1.0, 0.0, 0.0), "a stale report was read as a fresh one"
+    stage.drv.move_to(2, 0, 0)  # and no stale Run refuses the next move
+
+
+def test_status_replies_garbled_three_times_in_a_row_do_not_fail_the_move(stage):
+    spoil_status_after(stage, b"G90", "noise", "partial", "late")  # the soak's failing run, poll after poll
+    assert stage.drv.move_to(20, 30, 4) == (20.0, 30.0, 4.0)
+    assert stage.dev.faults.applied == ["noise", "partial", "late"] and stage.fw.count(b"G90") == 1
+
+
+def test_a_wait_polls_on_when_a_status_cannot_be_had(tmp_path):
+    r = make(tmp_path, OPTIONS.model_copy(update={"status_tries": 2, "late_reply_s": 0.05}))
+    try:
+        r.drv.connect()
+        spoil_status_after(r, b"G90", "no_reply", "no_reply", "no_reply")  # one poll fails whole
+        assert r.drv.move_to(20, 30, 4) == (20.0, 30.0, 4.0)
+        assert r.dev.faults.applied == ["no_reply"] * 3 and r.fw.count(b"G90") == 1
+    finally:
+        r.drv.close()
+        r.dev.stop()
+
+
+def test_a_move_waits_for_earlier_motion_to_end(stage):
+    stage.drv.transport.query(format_move(30, 0, 0, 600), end=b"\r\n", parse=parse_ok)  # 3 s of motion under way
+    assert stage.drv.move_to(30, 10, 0) == (30.0, 10.0, 0.0)
+    assert positions(stage.lab)[-2:] == [(30.0, 0.0, 0.0), (30.0, 10.0, 0.0)]
+
+
+def test_a_move_is_refused_when_earlier_motion_never_ends(stage):
+    stage.drv.transport.query(format_move(300, 0, 0, 10), end=b"\r\n", parse=parse_ok)  # 30 min at 10 mm/min
+    with pytest.raises(DeviceError, match="still Run .* nothing was sent") as info:
+        stage.drv.move_to(30, 10, 0)
+    assert info.value.code == "Run" and not info.value.effect_unknown and stage.fw.count(b"G90") == 1
 
 
 def test_firmware_speaks_grbl_line_by_line():

@@ -319,9 +319,41 @@ def test_a_rate_the_syringe_cannot_do_is_out_of_range(tmp_path):
 
 def test_an_alarm_at_connect_other_than_power_reset_raises(bench):
     bench.sim.pending_alarm = "E"
-    with pytest.raises(DeviceError) as info:
+    with pytest.raises(DeviceError, match="A?E at connect .* clear it at the pump's keypad") as info:
         bench.pump.connect()
     assert info.value.code == "A?E"
+
+
+def test_a_stall_alarm_at_connect_is_cleared_and_noted(tmp_path, caplog):
+    b = Bench(tmp_path, ("pump", OPTIONS, LIMITS))
+    try:
+        b.dev.faults.inject("device_error")  # the pump answers the first status with A?S, its A?R still pending
+        with caplog.at_level(logging.WARNING, logger="instruments.new_era"):
+            b.drivers["pump"].connect()
+        assert b.drivers["pump"].alarms_at_connect == ["A?S", "A?R"] and b.drivers["pump"].power_reset_seen
+        assert b.dev.faults.applied == ["device_error"] and "A?S (the motor stalled) at connect" in caplog.text
+        assert b.transcript.written().startswith(b"1\r1\r1\r1VER\r1DIA4.699\r1DIA\r"), "each alarm read, then asked again"
+        assert b.drivers["pump"].dispense(20.0, 100.0) == pytest.approx(20.0)
+    finally:
+        b.close()
+
+
+def test_connect_survives_three_spoiled_replies_in_a_row(tmp_path):
+    b = Bench(tmp_path, ("pump", OPTIONS, LIMITS))
+    try:
+        handle = b.fw.handle
+
+        def spoil_ver(frame):
+            if frame == b"1VER\r" and not b.dev.faults.applied:
+                b.dev.faults.inject("no_reply", 3)  # this reply and the next two: a plain query's three tries
+            return handle(frame)
+
+        b.fw.handle = spoil_ver
+        b.drivers["pump"].connect()
+        assert b.drivers["pump"].version == "NE1000V3.928" and b.fw.count(b"1VER") == 4
+        assert b.dev.faults.applied == ["no_reply"] * 3
+    finally:
+        b.close()
 
 
 def test_a_reply_from_another_address_is_a_protocol_error(bench):
