@@ -191,6 +191,14 @@ class Campaign(_Strict):
     priors: list[PriorSource] = Field(
         default_factory=list, description="Calculated data (e.g. DFT band gaps) that inform a measured outcome."
     )
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description="'required': each batch waits in the Prefect UI for a person to approve, edit or reject it "
+        "before anything is sent (needs Prefect; `run --no-prefect` refuses such a campaign).",
+    )
+    approval_timeout_h: Annotated[float, Field(gt=0, le=24 * 30)] = Field(
+        24.0, description="How long a batch waits for a decision before the run stops (the batch stays proposed)."
+    )
     # The campaign file's folder: prior files are read relative to it. Set by ``load_campaign``.
     _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

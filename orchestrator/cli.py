@@ -114,6 +114,13 @@ def run(
         err_console.print("[bold red]error:[/] --fault-rate spoils simulated replies; it needs --simulate", highlight=False)
         raise typer.Exit(2)
     campaign = _load(campaign_file)
+    if campaign.approval == "required" and not prefect:
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(campaign_file))}: approval: required waits for a person in the Prefect UI; "
+            "run without --no-prefect (or set approval: none)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     from orchestrator.run_lock import RunLock
     from orchestrator.simulation import build_simulator
 
@@ -476,6 +483,56 @@ def add(
             "continue the campaign",
             highlight=False,
         )
+
+
+@app.command()
+def serve(
+    campaign_file: CampaignFile,
+    results_dir: ResultsDir = Path("results"),
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Run the campaign's instruments as byte-level simulators.")
+    ] = False,
+    cron: Annotated[
+        Optional[str], typer.Option("--cron", help="Start a run on this cron schedule, e.g. '0 * * * *' (hourly).")
+    ] = None,
+    interval_min: Annotated[
+        Optional[float], typer.Option("--interval-min", help="Start a run every N minutes.")
+    ] = None,
+    timezone: Annotated[
+        Optional[str], typer.Option("--timezone", help="IANA time zone of --cron times (default: this machine's).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Deployment name (default: the campaign's name).")] = None,
+) -> None:
+    """Serve the campaign as a Prefect deployment on this machine until Ctrl-C.
+
+    Needs a Prefect server (PREFECT_API_URL). Each run, started by the schedule, the UI's Run button or
+    `prefect deployment run 'campaign/NAME'`, resumes the campaign from its ledger on this machine; a run
+    that finds the budget used does nothing, one that finds the campaign busy is skipped.
+    """
+    campaign = _load(campaign_file)
+    from orchestrator.simulation import build_simulator
+
+    with user_errors(campaign_file):
+        if campaign.instruments is None:
+            build_simulator(campaign)  # a bad simulator is reported now, not at the first run
+        from orchestrator.transfer import load_priors
+
+        load_priors(campaign)
+    configure_prefect(results_dir)
+    from orchestrator import service
+
+    with user_errors():
+        schedule = service.parse_schedule(cron, interval_min, timezone)
+        service.require_api_url()
+    service.serve_campaign(
+        campaign,
+        campaign_file,
+        results_dir,
+        simulate=simulate,
+        schedule=schedule,
+        name=name,
+        echo=lambda text: console.print(escape(text), highlight=False, soft_wrap=True),
+    )
 
 
 if __name__ == "__main__":

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.task_runners import ThreadPoolTaskRunner
 from rich.console import Console
 
+from orchestrator.approval import BatchDecision, apply_decision, batch_markdown, pending_approval
 from orchestrator.artifacts import CampaignArtifacts
 from orchestrator.campaign import load_campaign
+from orchestrator.errors import UserInputError
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.proposer import Observations
@@ -59,6 +65,68 @@ def experiment_run_name() -> str:
 @task(name="run-experiment", task_run_name=experiment_run_name, **_TASK_OPTIONS)
 def run_experiment_task(runner: CampaignRunner, exp_id: int) -> Experiment:
     return runner.run_experiment(exp_id)
+
+
+class ApprovalInput(RunInput):
+    """The form a person fills in the Prefect UI to decide about a batch (``approval: required``)."""
+
+    decision: Literal["approve", "edit", "reject"] = "approve"
+    decided_by: str = ""
+    comment: str = ""
+    conditions: list[dict[str, Any]] = []
+
+
+APPROVAL_POLL_S = 10.0  # how often a paused run checks for the decision
+
+
+class ApprovalTimeout(UserInputError):
+    """Nobody decided about a batch within ``approval_timeout_h``; it stays proposed for the next run."""
+
+
+def _approver(runner: CampaignRunner) -> Callable[[list[int]], list[int]]:
+    """``approve(ids) -> ids`` for ``run_loop``: pauses the flow run with a form until a person decides."""
+
+    def approve(ids: list[int]) -> list[int]:
+        waiting = pending_approval(runner, ids)
+        if not waiting:
+            return ids
+        logger = get_run_logger()
+        problem = None
+        asked = 0
+        while True:
+            asked += 1
+            description = batch_markdown(runner, waiting, problem)
+            form = ApprovalInput.with_initial_data(
+                description=description, conditions=[dict(e.conditions) for e in waiting]
+            )
+            logger.warning(
+                "batch of experiment(s) %s waits for approval: open this flow run in the Prefect UI and resume it",
+                ", ".join(f"#{e.id}" for e in waiting),
+            )
+            try:
+                answer = pause_flow_run(
+                    wait_for_input=form,
+                    timeout=int(runner.campaign.approval_timeout_h * 3600),
+                    poll_interval=max(1, int(APPROVAL_POLL_S)),
+                    key=f"approve-{waiting[0].id}-{waiting[0].dispatch_key}-{asked}",
+                )
+            except FlowPauseTimeout:
+                raise ApprovalTimeout(
+                    f"nobody approved experiment(s) {', '.join(f'#{e.id}' for e in waiting)} within "
+                    f"{runner.campaign.approval_timeout_h:g} h; they stay proposed and the next run asks again"
+                ) from None
+            decision = BatchDecision(answer.decision, answer.decided_by, answer.comment, answer.conditions or None)
+            try:
+                approved = set(apply_decision(runner, waiting, decision))
+            except UserInputError as exc:
+                problem = str(exc)
+                logger.warning("the answer was not applied (%s); asking again", problem)
+                continue
+            logger.info("batch %s: %s by %s", [e.id for e in waiting], answer.decision, answer.decided_by)
+            waiting_ids = {e.id for e in waiting}
+            return [i for i in ids if i not in waiting_ids or i in approved]
+
+    return approve
 
 
 def _prefect_map(runner: CampaignRunner) -> Callable[[Callable[[int], Experiment], Sequence[int]], list[Experiment]]:
@@ -123,6 +191,7 @@ def campaign_flow(
             submit=lambda exp_id: run_experiment_task.submit(runner, exp_id),
             refit=refit,
             propose_step=lambda obs, s, n: propose_task(runner, obs, s, n),
+            approve=_approver(runner),
         )
         artifacts.publish()
         counts = ledger.counts()

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     started_at TEXT,
     finished_at TEXT,
     dispatch_key TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    approved_by TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -108,6 +109,7 @@ class Experiment:
     finished_at: str | None
     dispatch_key: str | None = None
     attempts: int = 0
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,9 @@ class Ledger:
             with self._tx():
                 for statement in _split(_SCHEMA):
                     self._db.execute(statement)
+                columns = {r["name"] for r in self._db.execute("PRAGMA table_info(experiments)")}
+                if "approved_by" not in columns:  # ledgers written before approval existed
+                    self._db.execute("ALTER TABLE experiments ADD COLUMN approved_by TEXT")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path}: cannot open the ledger ({exc}); is it a campaign ledger file?") from None
 
@@ -288,6 +293,30 @@ class Ledger:
                 _detail=f"resolved{who}: {json.dumps(dict(outcomes))}", _resolving=True,
             )
         return self._transition(exp_id, "failed", error=f"resolved{who}: {failed}", finished_at=_now(), _resolving=True)
+
+    def approve(
+        self, exp_id: int, by: str, comment: str = "", conditions: Mapping[str, Any] | None = None
+    ) -> Experiment:
+        """A person approved a proposed experiment for sending, possibly with edited ``conditions``.
+
+        Raises:
+            LedgerError: the experiment is no longer ``proposed`` or ``by`` is empty.
+        """
+        if not by.strip():
+            raise LedgerError("an approval names who decided")
+        with self._tx():
+            row = self._db.execute("SELECT state, conditions FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            if row is None or row["state"] != "proposed":
+                raise LedgerError(f"experiment {exp_id} is not proposed; only a proposal waiting to be sent is approved")
+            detail = f"approved by {by}" + (f": {comment}" if comment else "")
+            if conditions is not None and dict(conditions) != json.loads(row["conditions"]):
+                detail = f"edited and approved by {by}: {row['conditions']} -> {json.dumps(dict(conditions))}" + (
+                    f" ({comment})" if comment else ""
+                )
+                self._db.execute("UPDATE experiments SET conditions = ? WHERE id = ?", (json.dumps(dict(conditions)), exp_id))
+            self._db.execute("UPDATE experiments SET approved_by = ? WHERE id = ?", (by, exp_id))
+            self._event(exp_id, _now(), "proposed", "proposed", detail)
+        return self.get(exp_id)
 
     def add_manual(
         self,
@@ -482,4 +511,5 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         finished_at=row["finished_at"],
         dispatch_key=row["dispatch_key"],
         attempts=row["attempts"],
+        approved_by=row["approved_by"],
     )

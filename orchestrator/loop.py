@@ -274,6 +274,7 @@ def run_loop(
     refit: Callable[[Observations], Surrogate | None] | None = None,
     propose_step: Callable[[Observations, Surrogate | None, int], list[Experiment]] | None = None,
     submit: SubmitFn | None = None,
+    approve: Callable[[list[int]], list[int]] | None = None,
 ) -> None:
     """Runs the campaign until its budget is used, resuming whatever the ledger left unfinished.
 
@@ -282,11 +283,14 @@ def run_loop(
     finishes, the others still running counting as pending points (see :func:`run_async`).
 
     The step callables default to the runner's own methods; ``flows.py`` passes Prefect tasks instead.
+    ``approve(ids) -> ids`` (``flows.py``, for ``approval: required``) is asked before experiments are sent
+    and returns those a person approved; the others it has recorded as rejected.
     """
     refit = refit or runner.refit
     propose_step = propose_step or runner.propose
+    approve = approve or (lambda ids: ids)
     if runner.campaign.budget.asynchronous and runner.concurrency > 1:
-        run_async(runner, refit=refit, propose_step=propose_step, submit=submit)
+        run_async(runner, refit=refit, propose_step=propose_step, submit=submit, approve=approve)
         return
     map_experiments = map_experiments or threaded_map(runner.concurrency)
     while True:
@@ -298,6 +302,7 @@ def run_loop(
             obs = runner.observations()
             surrogate = refit(obs)
             todo = [e.id for e in propose_step(obs, surrogate, count)]
+        todo = approve(todo)
         map_experiments(runner.run_experiment, todo)
 
 
@@ -307,6 +312,7 @@ def run_async(
     refit: Callable[[Observations], Surrogate | None],
     propose_step: Callable[[Observations, Surrogate | None, int], list[Experiment]],
     submit: SubmitFn | None = None,
+    approve: Callable[[list[int]], list[int]] = lambda ids: ids,
 ) -> None:
     """Keeps every slot busy: whenever an experiment finishes, one new proposal takes its slot.
 
@@ -318,13 +324,14 @@ def run_async(
     start = submit or (lambda exp_id: pool.submit(runner.run_experiment, exp_id))  # type: ignore[union-attr]
     running: dict[Any, int] = {}
     try:
-        for exp_id in runner.unfinished():
+        for exp_id in approve(runner.unfinished()):
             running[start(exp_id)] = exp_id
         while True:
             while len(running) < slots and runner.remaining_budget() > 0:
                 obs = runner.observations()
                 (exp,) = propose_step(obs, refit(obs), 1)
-                running[start(exp.id)] = exp.id
+                for exp_id in approve([exp.id]):
+                    running[start(exp_id)] = exp_id
             if not running:
                 return
             waitable = {getattr(f, "wrapped_future", f): f for f in running}
