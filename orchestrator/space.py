@@ -248,7 +248,9 @@ def _encode_one(p: Parameter, conditions: Mapping[str, Any]) -> float:
             raise UserInputError(f"{p.name}: {v} is not one of its values {p.values}")
         return _unit(v, p.low, p.high)
     if p.log_scale:
-        return (math.log(v) - math.log(p.low)) / (math.log(p.high) - math.log(p.low))
+        span = math.log(p.high) - math.log(p.low)
+        # Bounds a few ulps apart have equal logarithms: the parameter is then effectively fixed.
+        return (math.log(v) - math.log(p.low)) / span if span > 0 else 0.0
     return (v - p.low) / (p.high - p.low)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -266,3 +267,14 @@ def test_initial_design_points_are_legal(data):
         assert space.satisfies(conditions), [c.text for c in space.constraints if not c.holds(conditions)]
     # A resumed campaign continues the same design: point i depends only on the seed and i.
     assert torch.equal(X, space.initial_design(seed, 0, start + count)[start:])
+
+
+def test_log_scale_bounds_a_few_ulps_apart_round_trip():
+    """Found by the property above: low < high, yet log(low) == log(high) in floating point."""
+    from orchestrator.parameters import ContinuousParameter
+
+    p = ContinuousParameter(type="continuous", name="p1", low=0.058423785774326845, high=0.05842378577432685, log_scale=True)
+    space = SearchSpace((p,), ())
+    X = space.encode([{"p1": p.low}])
+    assert X.tolist() == [[0.0]]
+    assert space.decode(X)[0]["p1"] == pytest.approx(p.low, rel=1e-15)
