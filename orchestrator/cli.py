@@ -535,5 +535,46 @@ def serve(
     )
 
 
+@app.command()
+def deploy(
+    campaign_file: CampaignFile,
+    pool: Annotated[str, typer.Option("--pool", help="Process work pool whose worker runs on the PC that owns the instruments.")],
+    queue: Annotated[Optional[str], typer.Option("--queue", help="Work queue in the pool (default: the pool's default).")] = None,
+    results_dir: ResultsDir = Path("results"),
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Run the campaign's instruments as byte-level simulators.")
+    ] = False,
+    cron: Annotated[Optional[str], typer.Option("--cron", help="Start a run on this cron schedule.")] = None,
+    interval_min: Annotated[Optional[float], typer.Option("--interval-min", help="Start a run every N minutes.")] = None,
+    timezone: Annotated[
+        Optional[str], typer.Option("--timezone", help="IANA time zone of --cron times (default: this machine's).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Deployment name (default: the campaign's name).")] = None,
+) -> None:
+    """Register the campaign as a deployment of a process work pool, then return.
+
+    A `prefect worker start --pool POOL` on the lab PC that owns the instruments runs it; the campaign file and
+    RESULTS are bound as absolute paths, which must exist on that PC, and the orchestrator must be installed there.
+    """
+    campaign = _load(campaign_file)
+    configure_prefect(results_dir)
+    from orchestrator import service
+
+    with user_errors():
+        schedule = service.parse_schedule(cron, interval_min, timezone)
+        service.require_api_url()
+        deployment_id = service.deploy_campaign(
+            campaign, campaign_file, results_dir, pool=pool, queue=queue, simulate=simulate, schedule=schedule, name=name
+        )
+    console.print(
+        f"deployment 'campaign/{escape(name or campaign.name)}' ({deployment_id}) in work pool '{escape(pool)}'"
+        f"{f', queue {escape(queue)!r}' if queue else ''}; {escape(schedule.describe())}\n"
+        f"  its runs start when a worker polls the pool: `prefect worker start --pool {escape(pool)}` on the lab PC "
+        "that owns the instruments",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 if __name__ == "__main__":
     app()
