@@ -97,22 +97,6 @@ def test_run_without_prefect_is_refused_for_an_approval_campaign(write_campaign,
     assert not (tmp_path / "toy").exists(), "nothing was created"
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_HOME", str(home))
-        mp.setenv("DO_NOT_TRACK", "1")
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        ):
-            yield
-
-
 def _wait_paused(client, name: str, seen: int, timeout_s: float = 120.0):
     """The campaign's flow run once it is paused for the (seen + 1)-th time."""
     deadline = time.monotonic() + timeout_s

@@ -8,22 +8,6 @@ import yaml
 from orchestrator.ledger import Ledger
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_HOME", str(home))
-        mp.setenv("DO_NOT_TRACK", "1")
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        ):
-            yield
-
-
 def test_flow_runs_campaign_and_reports_to_prefect(prefect_api, tmp_path, campaign_dict):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter

@@ -4,14 +4,10 @@ free port), its runs started through the REST API exactly as the UI's Run button
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,64 +16,7 @@ from typer.testing import CliRunner
 
 from orchestrator.ledger import Ledger
 from tests.conftest import BASE_CAMPAIGN, REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(
-        f"{base}/api{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())
-
-
-def _wait(what: str, check, timeout: float, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: the process ended with {process.returncode}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": f"{base}/api",
-    }
-    env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait(f"prefect server on {base}", lambda: _api(base, "/health") is True, 180, server)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+from tests.prefect_server import api, wait_for
 
 
 def _toy(tmp_path: Path) -> Path:
@@ -90,9 +29,9 @@ def _toy(tmp_path: Path) -> Path:
 
 
 def _run_and_wait(base: str, deployment_id: str) -> dict:
-    run = _api(base, f"/deployments/{deployment_id}/create_flow_run", {})  # what the UI's Run button posts
+    run = api(base, f"/deployments/{deployment_id}/create_flow_run", {})  # what the UI's Run button posts
     final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-    return _wait("the flow run to end", lambda: (r := _api(base, f"/flow_runs/{run['id']}"))["state_type"] in final and r, 180)
+    return wait_for("the flow run to end", lambda: (r := api(base, f"/flow_runs/{run['id']}"))["state_type"] in final and r, 180)
 
 
 def _ledger(results: Path) -> list[tuple]:
@@ -101,7 +40,7 @@ def _ledger(results: Path) -> list[tuple]:
 
 
 def test_serve_runs_the_campaign_when_a_run_is_started_and_stops_on_sigint(prefect_server, tmp_path):
-    base = prefect_server
+    base = prefect_server.base
     path, results = _toy(tmp_path), tmp_path / "results"
     env = {**os.environ, "PREFECT_API_URL": f"{base}/api", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_HOME", None)
@@ -111,8 +50,8 @@ def test_serve_runs_the_campaign_when_a_run_is_started_and_stops_on_sigint(prefe
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        (deployment,) = _wait(
-            "the deployment", lambda: _api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy"]}}}),
+        (deployment,) = wait_for(
+            "the deployment", lambda: api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy"]}}}),
             120, serve,
         )
         assert deployment["entrypoint"] == "orchestrator.service.served_campaign_flow"
@@ -121,7 +60,7 @@ def test_serve_runs_the_campaign_when_a_run_is_started_and_stops_on_sigint(prefe
             "campaign_name": "toy", "campaign_path": str(path.resolve()), "results_dir": str(results.resolve()),
             "progress": False, "simulate": False,
         }
-        assert _api(base, f"/flows/{deployment['flow_id']}")["name"] == "campaign"
+        assert api(base, f"/flows/{deployment['flow_id']}")["name"] == "campaign"
 
         first = _run_and_wait(base, deployment["id"])
         assert first["state_type"] == "COMPLETED", first["state"]
@@ -195,7 +134,7 @@ def test_serve_rejects_bad_schedule_options(tmp_path, monkeypatch, options, mess
 
 def test_deploy_registers_the_campaign_for_a_process_worker(prefect_server, tmp_path):
     """`orchestrator deploy --pool` returns at once; a worker polling that pool's queue runs the campaign."""
-    base = prefect_server
+    base = prefect_server.base
     path, results = _toy(tmp_path), tmp_path / "results"
     env = {**os.environ, "PREFECT_API_URL": f"{base}/api", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_HOME", None)
@@ -203,12 +142,12 @@ def test_deploy_registers_the_campaign_for_a_process_worker(prefect_server, tmp_
     missing = subprocess.run([*cli, "--pool", "nowhere"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no work pool 'nowhere'" in missing.stderr, missing.stdout + missing.stderr
 
-    _api(base, "/work_pools/", {"name": "station-a", "type": "process"})
+    api(base, "/work_pools/", {"name": "station-a", "type": "process"})
     done = subprocess.run(
         [*cli, "--pool", "station-a", "--queue", "bench"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    (deployment,) = _api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy-station"]}}})
+    (deployment,) = api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy-station"]}}})
     assert (deployment["work_pool_name"], deployment["work_queue_name"]) == ("station-a", "bench")
     assert deployment["entrypoint"] == "orchestrator.service.served_campaign_flow"
 

@@ -8,43 +8,23 @@ test's temporary folder; its path is printed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.prefect_server import api
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium found (install Debian's 'chromium' package, as .ci/browser does)"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(
-        f"{base}/api{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())
 
 
 def _browse(url: str, screenshot: Path | None = None) -> str:
@@ -61,40 +41,6 @@ def _text(dom: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": f"{base}/api",  # the UI's own scripts call the API here
-    }
-    env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if _api(base, "/health") is True:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not start on {base}")
-            time.sleep(1)
-        yield base, home
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def test_a_campaign_run_shows_its_artifacts_and_plot_in_the_prefect_ui(prefect_server, tmp_path):
     base, home = prefect_server
     data = yaml.safe_load((REPO / "campaigns" / "perovskite_film.yaml").read_text())
@@ -109,9 +55,9 @@ def test_a_campaign_run_shows_its_artifacts_and_plot_in_the_prefect_ui(prefect_s
     )
     assert run.returncode == 0, run.stdout + run.stderr
 
-    (flow_run,) = [r for r in _api(base, "/flow_runs/filter", {}) if r["name"] == "ui_film"]
+    (flow_run,) = [r for r in api(base, "/flow_runs/filter", {}) if r["name"] == "ui_film"]
     assert flow_run["state_type"] == "COMPLETED" and "campaign:ui_film" in flow_run["tags"]
-    artifacts = _api(base, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    artifacts = api(base, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
     latest = {}
     for a in sorted(artifacts, key=lambda a: a["created"]):
         latest[a["key"]] = a
