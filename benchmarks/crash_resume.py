@@ -40,6 +40,7 @@ Exit status 0 only if every check passed and at least ``--kills`` kills landed a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -103,32 +104,26 @@ def _ledger_state(path: Path) -> tuple[int, str | None]:
         steps = db.execute(
             "SELECT idx, state FROM steps WHERE experiment_id = ? AND attempt = ? ORDER BY idx", (exp_id, attempt)
         ).fetchall()
-        return seq, _phase(steps, db, exp_id)
+        return seq, _phase(steps)
     except sqlite3.OperationalError:  # the tables are being created
         return 0, None
     finally:
         db.close()
 
 
-def _phase(steps: list[tuple[int, str]], db: sqlite3.Connection, exp_id: int) -> str:
+def _phase(steps: list[tuple[int, str]]) -> str:
     if not steps:
         return "dispatching"
     if any(state == "started" for _, state in steps):
         return "instrument step"
-    conditions = json.loads(db.execute("SELECT conditions FROM experiments WHERE id = ?", (exp_id,)).fetchone()[0])
-    return "writing results" if len(steps) >= _actions(conditions) else "between steps"
+    return "writing results" if len(steps) >= _actions() else "between steps"
 
 
-_N_ACTIONS: int | None = None
-
-
-def _actions(conditions: dict[str, Any]) -> int:
+@functools.cache
+def _actions() -> int:
     """How many instrument actions one experiment of the campaign has (its procedure minus waits)."""
-    global _N_ACTIONS
-    if _N_ACTIONS is None:
-        steps = yaml.safe_load(CAMPAIGN.read_text())["procedure"]["steps"]
-        _N_ACTIONS = sum(1 for s in steps if not (isinstance(s, dict) and "wait" in s))
-    return _N_ACTIONS
+    steps = yaml.safe_load(CAMPAIGN.read_text())["procedure"]["steps"]
+    return sum(1 for s in steps if not (isinstance(s, dict) and "wait" in s))
 
 
 def write_campaign(workdir: Path, budget: int, seed: int) -> Path:

@@ -10,7 +10,8 @@ history across runs and resumes:
 - ``<campaign>-convergence``: the convergence plot (best objective value per experiment, the Sobol phase
   shaded) as an image artifact whose URL is the PNG itself (a ``data:`` URL), so it needs no file server.
 
-The table, summary and plot are published once per batch and at the end. Publishing never stops a
+The table, summary and plot are published once per batch, right after the loop's refit (whose models the
+summary scores, so nothing is fitted twice), and at the end. Publishing never stops a
 campaign: a failure is logged and the run goes on (the ledger, not the UI, is the record).
 """
 
@@ -79,11 +80,17 @@ class CampaignArtifacts:
         with self._lock:
             self._guard("progress", lambda: update_progress_artifact(self._progress_id, percent, description=text))
 
-    def publish(self) -> None:
-        """Publishes the experiments table, the summary and the convergence plot."""
+    def publish(self, surrogate: Any = None, *, fit_quality: bool = True) -> None:
+        """Publishes the experiments table, the summary and the convergence plot.
+
+        Args:
+            surrogate: the loop's surrogate just fitted to the ledger as it is; the summary scores it
+                instead of fitting the models a second time.
+            fit_quality: include the models' leave-one-out fit (without a surrogate: fitted here).
+        """
         with self._lock:
             self._guard("experiments table", self._table)
-            self._guard("summary", self._summary)
+            self._guard("summary", lambda: self._summary(surrogate, fit_quality))
             self._guard("convergence plot", self._plot)
 
     def _table(self) -> None:
@@ -91,8 +98,8 @@ class CampaignArtifacts:
         if rows:
             create_table_artifact(rows, key=self.key("experiments"), description=f"Experiments of campaign {self.name}")
 
-    def _summary(self) -> None:
-        markdown = summary_markdown(campaign_summary(self.runner))
+    def _summary(self, surrogate: Any, fit_quality: bool) -> None:
+        markdown = summary_markdown(campaign_summary(self.runner, fit_quality=fit_quality, surrogate=surrogate))
         create_markdown_artifact(markdown, key=self.key("summary"), description=f"Campaign {self.name} at a glance")
 
     def _plot(self) -> None:

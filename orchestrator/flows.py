@@ -18,13 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from rich.console import Console
 
 from orchestrator.approval import BatchDecision, apply_decision, batch_markdown, pending_approval
 from orchestrator.artifacts import CampaignArtifacts
-from orchestrator.campaign import load_campaign
-from orchestrator.errors import UserInputError
+from orchestrator.campaign import Campaign, load_campaign
+from orchestrator.errors import CampaignBusyError, UserInputError
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.proposer import Observations
@@ -148,7 +149,8 @@ def campaign_flow(
     simulate: bool = False,
     transcript_path: str | None = None,
     fault_rate: float = 0.0,
-) -> dict[str, int]:
+    skip_if_busy: bool = False,
+) -> dict[str, int] | State:
     """Runs (or resumes) a campaign until its budget is used; returns the ledger's state counts.
 
     Args:
@@ -159,9 +161,30 @@ def campaign_flow(
         simulate: run the campaign's instruments as byte-level simulators.
         transcript_path: record every byte sent to and read from the instruments (JSONL).
         fault_rate: with ``simulate``, the chance that a simulated reply is spoiled.
+        skip_if_busy: when another run holds the campaign, end as ``Completed`` named ``Skipped`` (naming the
+            holder) instead of failing: what a deployment's run wants (``orchestrator serve``), where a
+            schedule may fire while the last run is still measuring.
     """
     logger = get_run_logger()
     campaign = load_campaign(campaign_path)
+    try:
+        return _run_campaign(logger, campaign, results_dir, progress, simulate, transcript_path, fault_rate)
+    except CampaignBusyError as exc:
+        if not skip_if_busy:
+            raise
+        logger.warning("skipped: %s", exc)
+        return Completed(name="Skipped", message=f"skipped: {exc}")
+
+
+def _run_campaign(
+    logger: Any,
+    campaign: Campaign,
+    results_dir: str,
+    progress: bool,
+    simulate: bool,
+    transcript_path: str | None,
+    fault_rate: float,
+) -> dict[str, int]:
     with (
         RunLock.for_campaign(campaign.name, results_dir),  # re-entrant: a no-op where `orchestrator run` holds it
         Ledger.for_campaign(campaign, results_dir) as ledger,
@@ -179,8 +202,11 @@ def campaign_flow(
             artifacts.on_event(kind, exp, r)
 
         def refit(obs: Observations) -> Surrogate | None:
-            artifacts.publish()  # once per batch: what the last batch measured, before the next proposal
-            return refit_task(runner, obs)
+            surrogate = refit_task(runner, obs)
+            # Once per batch: what the last batch measured, scored by the models the next proposal uses
+            # (none during the space-filling design).
+            artifacts.publish(surrogate, fit_quality=surrogate is not None)
+            return surrogate
 
         runner.on_event = listener
         artifacts.start()

@@ -252,8 +252,7 @@ class Ledger:
 
     def mark_running(self, exp_id: int) -> Experiment:
         """Records the experiment as dispatched (attempt 1) before anything is sent for it."""
-        exp = self._transition(exp_id, "running", started_at=_now(), attempts=1)
-        return exp
+        return self._transition(exp_id, "running", started_at=_now(), attempts=1)
 
     def redispatch(self, exp_id: int, reason: str) -> Experiment:
         """Starts a new attempt of a ``running`` experiment that provably never reached the hardware

@@ -12,9 +12,7 @@ and completes, one that finds the campaign already running (another run holds it
 process on the lab PC that owns the campaign's instruments picks its runs up (see the README, "Running
 as a service").
 
-The deployed flow is :func:`served_campaign_flow`: the body of :func:`orchestrator.flows.campaign_flow`
-(called through ``campaign_flow.fn``, so it is the same flow run with the same tasks and artifacts) under
-the same flow name, ``campaign``, plus the busy check.
+The deployed flow is :func:`orchestrator.flows.campaign_flow` itself, with ``skip_if_busy`` bound.
 """
 
 from __future__ import annotations
@@ -24,45 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.states import Completed, State
 
 from orchestrator.campaign import Campaign
-from orchestrator.errors import CampaignBusyError, UserInputError
+from orchestrator.errors import UserInputError
 from orchestrator.flows import campaign_flow
 
 FLOW_NAME = campaign_flow.name  # "campaign": served runs sit next to `orchestrator run`'s under one flow
-
-
-@flow(name=FLOW_NAME, flow_run_name="{campaign_name}", persist_result=False, log_prints=False)
-def served_campaign_flow(
-    campaign_name: str,
-    campaign_path: str,
-    results_dir: str,
-    progress: bool = False,
-    simulate: bool = False,
-    transcript_path: str | None = None,
-    fault_rate: float = 0.0,
-) -> dict[str, int] | State:
-    """Runs (or resumes) a campaign until its budget is used, as a deployment's flow run.
-
-    The same as ``campaign_flow`` (same arguments), except that a campaign another run is busy with ends
-    the run as ``Completed`` named ``Skipped``, its message naming the holder: a schedule that fires while
-    the last run is still measuring, or a click while ``orchestrator run`` works on it, is not a failure.
-    """
-    try:
-        return campaign_flow.fn(
-            campaign_name,
-            campaign_path,
-            results_dir,
-            progress=progress,
-            simulate=simulate,
-            transcript_path=transcript_path,
-            fault_rate=fault_rate,
-        )
-    except CampaignBusyError as exc:
-        get_run_logger().warning("skipped: %s", exc)
-        return Completed(name="Skipped", message=f"skipped: {exc}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +133,7 @@ def deployment_parameters(campaign: Campaign, campaign_file: Path, results_dir: 
         "results_dir": str(Path(results_dir).resolve()),
         "progress": False,
         "simulate": simulate,
+        "skip_if_busy": True,
     }
 
 
@@ -179,7 +145,7 @@ def _configured_flow(campaign: Campaign) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     # One worker thread per batch slot, as `orchestrator run` does.
-    return served_campaign_flow.with_options(
+    return campaign_flow.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=max(1, campaign.budget.batch_size))
     )
 
@@ -223,7 +189,7 @@ def serve_campaign(
         parameters=deployment_parameters(campaign, campaign_file, results_dir, simulate),
         description=_description(campaign),
         tags=deployment_tags(campaign),
-        entrypoint_type=EntrypointType.MODULE_PATH,  # orchestrator.service.served_campaign_flow, cwd-independent
+        entrypoint_type=EntrypointType.MODULE_PATH,  # orchestrator.flows.campaign_flow, cwd-independent
     )
     echo(_serving_message(deployment_name, deployment_id, schedule))
     if threading.current_thread() is threading.main_thread():
@@ -267,7 +233,7 @@ def deploy_campaign(
     """Registers (or updates) the campaign's deployment for a work pool and returns its id; runs nothing here.
 
     A ``prefect worker start --pool POOL`` on the lab PC that owns the instruments runs its flow runs: a process
-    worker starts ``python -m prefect.engine``, which imports ``orchestrator.service.served_campaign_flow``
+    worker starts ``python -m prefect.engine``, which imports ``orchestrator.flows.campaign_flow``
     (no image, no code storage: the orchestrator must be installed in the worker's Python), and the campaign
     file and results folder are the absolute paths bound here, so they must exist on the worker's machine.
     """

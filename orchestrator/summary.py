@@ -132,13 +132,15 @@ class Summary:
 
 
 # --- gathering ------------------------------------------------------------------------------------------------
-def campaign_summary(runner: "CampaignRunner", *, fit_quality: bool = True) -> Summary:
+def campaign_summary(runner: "CampaignRunner", *, fit_quality: bool = True, surrogate: Any = None) -> Summary:
     """Summarizes the runner's ledger.
 
     Args:
         runner: the campaign bound to its ledger (the backend is never called).
-        fit_quality: fit the outcome GPs and report their leave-one-out quality (one fit per modelled
-            outcome, a fraction of a second on a few dozen experiments); ``False`` skips it.
+        fit_quality: report the outcome GPs' leave-one-out quality; ``False`` skips it.
+        surrogate: the loop's surrogate, fitted to the ledger's completed experiments as they are now
+            (``CampaignRunner.refit``); its GPs are scored instead of fitting them again. Without one, the
+            GPs are fitted here (one fit per modelled outcome, a fraction of a second on a few dozen).
     """
     campaign = runner.campaign
     counts = runner.ledger.counts()
@@ -155,9 +157,9 @@ def campaign_summary(runner: "CampaignRunner", *, fit_quality: bool = True) -> S
                        key=lambda p: (p.outcomes[first], p.experiment_id))
     transfer, transfer_id = _latest_transfer(exps)
     if not fit_quality:
-        fits, skipped = [], "not computed"
+        fits, skipped = [], "not computed here (the models take over after the space-filling design)"
     else:
-        fits, skipped = _fit_quality(runner)
+        fits, skipped = _fit_quality(runner, surrogate)
     return Summary(
         campaign=campaign.name,
         description=campaign.description,
@@ -213,11 +215,12 @@ def _constraint_text(c) -> str:
 
 
 # --- model fit quality ----------------------------------------------------------------------------------------
-def _fit_quality(runner: "CampaignRunner") -> tuple[list[FitQuality], str | None]:
-    """LOO quality of the GPs the loop would fit now: the objective's and constraints' outcomes, priors included.
+def _fit_quality(runner: "CampaignRunner", surrogate: Any = None) -> tuple[list[FitQuality], str | None]:
+    """LOO quality of the GPs the loop fits: the objective's and constraints' outcomes, priors included.
 
-    The success model is left out (failures are not regression data), so each modelled outcome costs one fit
-    (more where a prior's ``auto`` method compares candidates, as the loop does).
+    Scores ``surrogate``'s outcome GPs where given; otherwise fits them, leaving the success model out
+    (failures are not regression data), so each modelled outcome costs one fit (more where a prior's
+    ``auto`` method compares candidates, as the loop does).
     """
     from orchestrator.proposer import fit_for_objective
 
@@ -232,7 +235,8 @@ def _fit_quality(runner: "CampaignRunner") -> tuple[list[FitQuality], str | None
     try:
         with single_threaded(), torch.random.fork_rng():
             torch.manual_seed(runner.campaign.seed)  # a summary of the same ledger repeats exactly
-            surrogate = fit_for_objective(runner.space, obs, objective, runner.prior_models())
+            if surrogate is None:
+                surrogate = fit_for_objective(runner.space, obs, objective, runner.prior_models())
             out = []
             for j, k in enumerate(cols):
                 name = runner.outcome_names[k]

@@ -67,6 +67,8 @@ def test_flow_runs_campaign_and_reports_to_prefect(prefect_api, tmp_path, campai
     image = max(by_key["toy-convergence"], key=lambda a: a.created).data
     assert image.startswith("data:image/png;base64,iVBORw0KGgo")
     assert len(by_key["toy-summary"]) >= 3, "published once per batch, not only at the end"
+    # Fit quality in the batch-3 summary (scored on the loop's own surrogate) and in each run's final one.
+    assert sum("| yield_pct | gp |" in a.data for a in by_key["toy-summary"]) == 3
 
 
 def _best_id(exps):

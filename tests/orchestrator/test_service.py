@@ -54,11 +54,11 @@ def test_serve_runs_the_campaign_when_a_run_is_started_and_stops_on_sigint(prefe
             "the deployment", lambda: api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy"]}}}),
             120, serve,
         )
-        assert deployment["entrypoint"] == "orchestrator.service.served_campaign_flow"
+        assert deployment["entrypoint"] == "orchestrator.flows.campaign_flow"
         assert {"orchestrator", "campaign:toy"} <= set(deployment["tags"])
         assert deployment["parameters"] == {
             "campaign_name": "toy", "campaign_path": str(path.resolve()), "results_dir": str(results.resolve()),
-            "progress": False, "simulate": False,
+            "progress": False, "simulate": False, "skip_if_busy": True,
         }
         assert api(base, f"/flows/{deployment['flow_id']}")["name"] == "campaign"
 
@@ -149,7 +149,7 @@ def test_deploy_registers_the_campaign_for_a_process_worker(prefect_server, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     (deployment,) = api(base, "/deployments/filter", {"deployments": {"name": {"any_": ["toy-station"]}}})
     assert (deployment["work_pool_name"], deployment["work_queue_name"]) == ("station-a", "bench")
-    assert deployment["entrypoint"] == "orchestrator.service.served_campaign_flow"
+    assert deployment["entrypoint"] == "orchestrator.flows.campaign_flow"
 
     # The worker of "station a": a process worker, started elsewhere (its own cwd); `tests` on its path for the
     # toy simulator.

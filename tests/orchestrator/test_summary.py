@@ -164,6 +164,27 @@ def test_loo_fit_quality_is_finite_and_per_modelled_outcome(single, multi):
         assert "## Model fit (leave-one-out)" in md and f"| {names[0]} | gp | {n} |" in md
 
 
+def test_the_loops_surrogate_is_scored_without_fitting_again(single, multi, monkeypatch):
+    """Both campaigns have failures, so the loop's surrogate also holds a success model after the outcome GPs."""
+    import orchestrator.proposer as proposer
+
+    for runner in (single, multi):
+        surrogate = runner.refit(runner.observations())
+        assert surrogate is not None and surrogate.has_feasibility
+        fitted = campaign_summary(runner).fit
+
+        def no_fit(*args, **kwargs):
+            raise AssertionError("the summary fitted the models again")
+
+        monkeypatch.setattr(proposer, "fit_for_objective", no_fit)
+        scored = campaign_summary(runner, surrogate=surrogate).fit
+        monkeypatch.undo()
+        assert [(f.outcome, f.n, f.method) for f in scored] == [(f.outcome, f.n, f.method) for f in fitted]
+        for a, b in zip(scored, fitted):
+            # Same data, same kernel; only the optimizer's start differs, so the scores agree closely.
+            assert math.isfinite(a.rmse) and a.rmse == pytest.approx(b.rmse, rel=0.25)
+
+
 @pytest.mark.filterwarnings("ignore::botorch.exceptions.warnings.InputDataWarning")
 def test_loo_predictions_equal_refitting_without_each_point():
     """The closed form against n explicit conditionings on n-1 points with the same hyperparameters."""
