@@ -170,7 +170,7 @@ def run_harness(
             if point is not None:
                 run_env["ORCHESTRATOR_CRASH_AT"] = point
         elif want_kill and rng.random() < point_share:
-            name = str(rng.choice(POINTS))
+            name = str(rng.choice([p for p in POINTS if p in _MAX_PASSES]))  # segment_sent: stations only
             point = f"{name}:{int(rng.integers(1, _MAX_PASSES[name] + 1))}"
             run_env["ORCHESTRATOR_CRASH_AT"] = point
         proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

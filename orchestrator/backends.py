@@ -61,6 +61,16 @@ def _instruments(
     from orchestrator.hardware import InstrumentBackend, make_drivers
 
     raw_dir = results_dir / campaign.name / "raw"
+    if campaign.stations is not None:
+        from orchestrator.station_dispatch import StationBackend
+
+        if transcript is not None or fault_rate:
+            raise UserInputError(
+                "--transcript and --fault-rate act on one PC's ports; with stations the bytes flow on the station PCs "
+                "(run a station's campaign part on its own to record them)"
+            )
+        yield from _connected(StationBackend(campaign, raw_dir, simulate=simulate))
+        return
     if simulate:
         from simulators.bench import SimulatedBench
 

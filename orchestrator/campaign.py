@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from orchestrator.errors import CampaignFileError
-from orchestrator.lab_config import AnalysisSpec, InstrumentSpec, ProcedureSpec
+from orchestrator.lab_config import AnalysisSpec, InstrumentSpec, ProcedureSpec, StationSpec
 from orchestrator.priors import PriorSource, campaign_prior_problems
 from orchestrator.parameters import (  # noqa: F401 - re-exported: campaign files are built from these
     Strict,
@@ -186,6 +186,11 @@ class Campaign(_Strict):
     instruments: dict[str, InstrumentSpec] | None = Field(
         None, description="The lab's instruments by name; with them the campaign runs on hardware (or --simulate)."
     )
+    stations: dict[str, StationSpec] | None = Field(
+        None,
+        description="Instruments spread over several lab PCs: station name → its Prefect work pool. Each step runs "
+        "on the PC that owns its instrument; the proposing stays where the campaign runs.",
+    )
     procedure: ProcedureSpec | None = Field(None, description="The steps of one experiment on the instruments.")
     analysis: list[AnalysisSpec] = Field(default_factory=list, description="Raw readings → outcomes.")
     priors: list[PriorSource] = Field(
@@ -283,6 +288,8 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
         problems.append((("budget", "batch_size"), f"{b.batch_size} exceeds max_experiments ({b.max_experiments})"))
     if c.simulator is None and c.instruments is None:
         problems.append(((), "no backend: add a 'simulator:' section (e.g. simulator: {model: perovskite_film})"))
+    if c.instruments is None and c.stations is not None:
+        problems.append((("stations",), "stations hold instruments; add an 'instruments:' section or remove 'stations:'"))
     if c.instruments is None and (c.procedure is not None or c.analysis):
         problems.append((("procedure",), "'procedure' and 'analysis' need an 'instruments:' section to run on"))
     if c.instruments is not None:
@@ -291,6 +298,10 @@ def campaign_problems(c: Campaign) -> list[tuple[tuple[str | int, ...], str]]:
                 problems.append((("instruments", name), f"'{name}' is not a valid instrument name; use letters, digits, _"))
         if not c.instruments:
             problems.append((("instruments",), "the section is empty; name at least one instrument"))
+        if c.stations is not None or any(i.station is not None for i in c.instruments.values()):
+            from orchestrator.stations import station_problems
+
+            problems.extend(station_problems(c))
         if not problems:
             from orchestrator.hardware import lab_problems  # local: only campaigns with instruments load the drivers
 

@@ -121,6 +121,15 @@ def run(
             highlight=False,
         )
         raise typer.Exit(2)
+    if campaign.stations is not None and (not prefect or not os.environ.get("PREFECT_API_URL")):
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(campaign_file))}: its instruments are on stations, which take their steps "
+            "from a Prefect server that every station PC reaches: start `prefect server start --host 0.0.0.0`, set "
+            "PREFECT_API_URL=http://HOST:4200/api here and on each station, start `prefect worker start --pool POOL` "
+            "on each station PC, and run without --no-prefect",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     from orchestrator.run_lock import RunLock
     from orchestrator.simulation import build_simulator
 

@@ -7,6 +7,8 @@ it passes :func:`crash_point` ``(name)``, exactly as an outside ``kill -9`` woul
 - ``proposed``: the batch was committed as proposed; nothing dispatched yet;
 - ``dispatched``: committed as running (with its key); no step logged yet;
 - ``step_started``: a step logged as started; its bytes not yet sent;
+- ``segment_sent``: with stations, a segment's flow run created on the Prefect server, not yet noted in the
+  ledger;
 - ``step_done``: a step logged as done, its reading saved;
 - ``readings_saved``: every step done; the result not yet committed.
 """
@@ -17,7 +19,7 @@ import os
 import signal
 import threading
 
-POINTS = ("proposed", "dispatched", "step_started", "step_done", "readings_saved")
+POINTS = ("proposed", "dispatched", "step_started", "segment_sent", "step_done", "readings_saved")
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:

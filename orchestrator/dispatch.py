@@ -25,7 +25,7 @@ from orchestrator.crashpoints import crash_point
 from orchestrator.ledger import Ledger, StepRecord
 from orchestrator.procedures import Action, Step
 
-Verdict = Literal["finish", "redispatch", "unknown"]
+Verdict = Literal["finish", "redispatch", "unknown", "continue"]
 
 
 class LabAccount(Protocol):
@@ -44,7 +44,8 @@ class Decision:
     """What to do with an experiment found ``running`` when a run starts.
 
     Attributes:
-        verdict: ``finish`` (analyse the saved readings), ``redispatch`` (send again, same key) or ``unknown``.
+        verdict: ``finish`` (analyse the saved readings), ``redispatch`` (send again, same key), ``unknown``, or
+            ``continue`` (run the same attempt on: its parts are found again by their keys, none sent twice).
         reason: one sentence for the event log and the user.
         readings: for ``finish``, the saved reading files by label.
     """

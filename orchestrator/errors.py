@@ -53,3 +53,16 @@ class ExperimentFailed(OrchestratorError):
         self.reason = reason
         self.raw = raw
         super().__init__(reason)
+
+
+class ExperimentUnknown(OrchestratorError):
+    """What became of a dispatched experiment cannot be told (a station died while an irreversible step ran).
+
+    The loop records it as ``unknown`` with ``reason``: never sent again, settled by a person with
+    ``orchestrator resolve``.
+    """
+
+    def __init__(self, reason: str, raw: dict[str, str] | None = None):
+        self.reason = reason
+        self.raw = raw
+        super().__init__(reason)

@@ -346,31 +346,46 @@ class InstrumentBackend:
         return self._analyze(loaded, dict(readings))
 
     def _save(self, exp_id: int, label: str, reading: Any) -> str:
-        self.raw_dir.mkdir(parents=True, exist_ok=True)
-        path = self.raw_dir / f"exp-{exp_id:05d}-{label}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(dumps(reading))
-            f.flush()
-            os.fsync(f.fileno())  # the step is logged done only after this; the file must outlive a power cut
-        tmp.replace(path)  # a crash never leaves a half-written reading under the final name
-        return str(path)
+        return save_reading(self.raw_dir, exp_id, label, reading)
 
     def connect(self) -> None:
-        for driver in self.drivers.values():
-            driver.connect()
-        self.executor.start_keepalive()
+        connect_all(self.drivers, self.executor)
 
     def close(self) -> None:
         """Makes every instrument safe, then closes the ports."""
-        self.executor.stop_keepalive()
-        for name, driver in self.drivers.items():
-            try:
-                driver.safe_state()
-            except (InstrumentError, OSError) as exc:
-                log.error("%s: could not bring to a safe state at exit: %s", name, exc)
-        for driver in self.drivers.values():
-            driver.close()
+        close_all(self.drivers, self.executor)
+
+
+def connect_all(drivers: Mapping[str, Driver], executor: Executor) -> None:
+    """Connects every driver, then feeds the watchdogs from the executor until :func:`close_all`."""
+    for driver in drivers.values():
+        driver.connect()
+    executor.start_keepalive()
+
+
+def close_all(drivers: Mapping[str, Driver], executor: Executor) -> None:
+    """Makes every instrument safe (heaters off, pumps stopped, motion halted), then closes the ports."""
+    executor.stop_keepalive()
+    for name, driver in drivers.items():
+        try:
+            driver.safe_state()
+        except (InstrumentError, OSError) as exc:
+            log.error("%s: could not bring to a safe state at exit: %s", name, exc)
+    for driver in drivers.values():
+        driver.close()
+
+
+def save_reading(raw_dir: Path, exp_id: int, label: str, reading: Any) -> str:
+    """Writes a raw reading to ``raw_dir/exp-<id>-<label>.json``, durably; returns the path."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    path = raw_dir / f"exp-{exp_id:05d}-{label}.json"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(reading))
+        f.flush()
+        os.fsync(f.fileno())  # the step is logged done only after this; the file must outlive a power cut
+    tmp.replace(path)  # a crash never leaves a half-written reading under the final name
+    return str(path)
 
 
 def raw_reading(path: str | Path) -> dict[str, Any]:

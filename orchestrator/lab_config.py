@@ -41,6 +41,20 @@ class InstrumentSpec(_Strict):
     serial: PortSettings = PortSettings()
     options: dict[str, Any] = Field(default_factory=dict, description="Driver options (address, syringe size …).")
     limits: dict[str, Any] = Field(default_factory=dict, description="Safe limits; commands outside are refused.")
+    station: str | None = Field(
+        None, description="With 'stations:': the station (lab PC) this instrument is attached to."
+    )
+
+
+class StationSpec(_Strict):
+    """A lab PC that owns some of the instruments: its steps run there, as flow runs its Prefect worker picks up."""
+
+    pool: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        description="The Prefect process work pool whose worker runs on this PC (`prefect worker start --pool POOL`)."
+    )
+    queue: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        None, description="A work queue of the pool (default: the pool's default queue)."
+    )
 
 
 class ProcedureSpec(_Strict):

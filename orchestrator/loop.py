@@ -19,7 +19,7 @@ import torch
 from orchestrator.campaign import Campaign
 from orchestrator.crashpoints import crash_point
 from orchestrator.dispatch import Decision
-from orchestrator.errors import ExperimentFailed
+from orchestrator.errors import ExperimentFailed, ExperimentUnknown
 from orchestrator.ledger import Experiment, Ledger
 from orchestrator.objectives import ScalarObjective
 from orchestrator.proposer import Observations, Proposal, fit_for_objective, propose
@@ -191,6 +191,8 @@ class CampaignRunner:
             crash_point("readings_saved")
         except ExperimentFailed as exc:
             exp = self.ledger.mark_failed(exp_id, exc.reason, raw=exc.raw or raw)
+        except ExperimentUnknown as exc:
+            exp = self.ledger.mark_unknown(exp_id, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a failing experiment must not stop the campaign
             logger.warning("experiment %s raised %s: %s", exp_id, type(exc).__name__, exc)
             exp = self.ledger.mark_failed(exp_id, f"{type(exc).__name__}: {exc}", raw=raw)
@@ -227,6 +229,9 @@ class CampaignRunner:
             return self.ledger.redispatch(exp.id, decision.reason)
         if decision.verdict == "unknown":
             return self.ledger.mark_unknown(exp.id, f"interrupted: {decision.reason}")
+        if decision.verdict == "continue":
+            self.ledger.note(exp.id, f"resumed: {decision.reason}")
+            return exp
         self.ledger.note(exp.id, f"resumed: {decision.reason}")
         try:
             result, raw = self.simulator.finish(decision.readings or {})

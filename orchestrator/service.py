@@ -97,18 +97,18 @@ def local_timezone() -> str | None:
         return None
 
 
-def require_api_url() -> str:
+def require_api_url(purpose: str = "serving a campaign") -> str:
     """The Prefect server this process talks to; ``UserInputError`` if none is set or it does not answer.
 
     A deployment served against Prefect's embedded, ephemeral API would vanish with this process, and
-    nobody could click its Run button, so serving needs a real server.
+    nobody could click its Run button, so serving needs a real server (and so do stations on other PCs).
     """
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
         raise UserInputError(
-            "serving a campaign needs a Prefect server: start one with `prefect server start --host 127.0.0.1 "
+            f"{purpose} needs a Prefect server: start one with `prefect server start --host 127.0.0.1 "
             "--port 4200` (on the lab PC, in its own terminal or as a system service) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api; without it Prefect would use its embedded API, which "
             "vanishes when this command ends"

@@ -16,7 +16,7 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ class SimulatedBench:
         fault_kinds: what a spoiled reply becomes, kind → share (default :data:`~simulators.faults.SOAK_KINDS`:
             every kind, line noise far more often than device alarms and disconnects).
         seed: seeds measurement noise and faults (default: the campaign's seed).
+        only: serve only these instruments (a station's own); the others still inform the sample model.
     """
 
     def __init__(
@@ -57,7 +58,9 @@ class SimulatedBench:
         fault_rate: float = 0.0,
         seed: int | None = None,
         fault_kinds: "Mapping[FaultKind, float] | tuple[FaultKind, ...] | None" = None,
+        only: "Collection[str] | None" = None,
     ):
+        self.only = None if only is None else set(only)
         self.campaign = campaign
         self.root = Path(root)
         self.fault_rate = fault_rate
@@ -105,6 +108,8 @@ class SimulatedBench:
 
         specs = driver_specs()
         for i, (name, inst) in enumerate((self.campaign.instruments or {}).items()):
+            if self.only is not None and name not in self.only:
+                continue
             driver = specs[inst.driver].driver
             limits = driver.Limits.model_validate(inst.limits)
             options = driver.Options.model_validate(inst.options)

@@ -155,6 +155,18 @@ class SimLab:
             self.events.append(event)
             self._write_journal(event)
 
+    def continue_sample(self, sample_id: int, key: str | None, events: list[dict[str, Any]]) -> None:
+        """Takes over a sample another station worked on: ``events`` is its history there (``history`` as
+        dicts), as the sample carries it physically. The lab's clock moves on to the last of them; the
+        carried events are not journalled, as this lab did not do them."""
+        with self._lock:
+            self.new_sample(sample_id, key)
+            carried = [Event(float(e["t_s"]), str(e["instrument"]), str(e["kind"]), dict(e.get("data") or {})) for e in events]
+            self.events.extend(carried)
+            latest = max((e.t_s for e in carried), default=0.0)
+            if latest > self.clock.now_s():
+                self.clock.advance(latest - self.clock.now_s())
+
     @property
     def history(self) -> list[Event]:
         """The current sample's events (those after the last ``new_sample`` marker)."""

@@ -30,7 +30,8 @@ def test_example_campaign_runs_a_few_experiments(path, tmp_path):
     campaign = load_campaign(path)
     # One model-based proposal after the design is enough to exercise the path; batches of 1 keep it quick.
     budget = campaign.budget.model_copy(update={"max_experiments": campaign.initial_experiments + 1, "batch_size": 1})
-    campaign = campaign.model_copy(update={"budget": budget})
+    # A campaign over several stations runs here on one simulated bench (test_stations.py runs it on stations).
+    campaign = campaign.model_copy(update={"budget": budget, "stations": None})
     # Campaigns on instruments run through the serial path against their byte-level simulators.
     with Ledger.for_campaign(campaign, tmp_path) as ledger, open_backend(campaign, tmp_path, simulate=True) as backend:
         run_loop(CampaignRunner(campaign, ledger, backend))
