@@ -16,7 +16,8 @@ error and at the end), and reports back through the Prefect server, which both P
 - with ``simulate``, the **sample's history** (type ``orchestrator-sample``): a simulated sample carries
   what was done to it to the next station, as a real one carries it physically.
 
-A refusal by a limit ends the run ``Failed`` named ``Refused`` (nothing was sent), an instrument failure
+A refusal by a limit ends the run ``Failed`` named ``Refused`` (nothing was sent), as does a run retried from
+the UI after it had started steps (the campaign sends each try as a new run), an instrument failure
 ``Failed`` named ``InstrumentFailure``; anything else (the PC lost power, the worker was killed) leaves the
 run ``Crashed`` and the campaign's flow decides from the labels what happened. One station runs one segment
 at a time: a lock file in the station's folder serializes runs that the worker starts side by side.
@@ -193,6 +194,14 @@ def station_flow(
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
+    already = _steps_already_labelled(flow_run.id)
+    if already:
+        # A person clicked Retry on a segment that had run (or started): running it again could dispense twice.
+        return Failed(
+            name=REFUSED,
+            message=f"this segment already ran steps {already} (a retried run is not run again); the campaign "
+            "decides what to send, each try as a new flow run",
+        )
     config = StationLab.from_json(lab)
     parsed = [step_from_json(s) for s in steps]
     folder = station_dir() / config.name / station
@@ -209,6 +218,14 @@ def station_flow(
         _report_sample(flow_run.id, sim)
     logger.info("experiment %s, segment %s done; readings: %s", experiment_id, segment, ", ".join(readings) or "none")
     return {"readings": sorted(readings), "steps": len(parsed)}
+
+
+def _steps_already_labelled(flow_run_id: Any) -> list[int]:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        labels = client.read_flow_run(flow_run_id).labels or {}
+    return sorted(int(k[len(STEP_LABEL):]) for k in labels if k.startswith(STEP_LABEL) and k[len(STEP_LABEL):].isdigit())
 
 
 def _report_sample(flow_run_id: Any, sim: Any) -> None:

@@ -26,7 +26,7 @@ from orchestrator.procedures import Action, Wait
 from orchestrator.stations import split_segments, step_from_json, step_to_json
 from simulators.lab import read_journal, sample_accounts
 from tests.conftest import REPO
-from tests.prefect_server import api
+from tests.prefect_server import api, wait_for
 
 STATIONS_FILE = REPO / "campaigns" / "perovskite_film_stations.yaml"
 PROPOSER_TIMEOUT_S = 420
@@ -172,7 +172,17 @@ def test_each_station_runs_its_own_steps_and_the_results_reach_the_ledger(statio
     path, results = _campaign(tmp_path), tmp_path / "results"
     with _workers(base, tmp_path) as folders:
         done = _run(base, path, results)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # Someone clicks Retry on a finished synthesis run in the UI: the station refuses to make the film again.
+        synthesis_run = next(r for r in _station_runs(base, "perovskite_film_stations") if "-synthesis-" in r["name"])
+        api(base, f"/flow_runs/{synthesis_run['id']}/set_state", {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+        retried = wait_for(
+            "the retried run to end",
+            lambda: (r := api(base, f"/flow_runs/{synthesis_run['id']}"))["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and r,
+            120,
+        )
+    assert (retried["state_type"], retried["state_name"]) == ("FAILED", "Refused"), retried["state"]
+    assert "already ran steps [0, 1, 2" in retried["state"]["message"]
 
     with Ledger(results / "perovskite_film_stations" / "ledger.sqlite") as ledger:
         exps = ledger.experiments()
@@ -186,7 +196,7 @@ def test_each_station_runs_its_own_steps_and_the_results_reach_the_ledger(statio
 
     # Two segments per experiment, each one flow run of its station's deployment, run by that station's pool.
     runs = _station_runs(base, "perovskite_film_stations")
-    assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" for r in runs)
+    assert len(runs) == 4 and sum(r["state_type"] == "COMPLETED" for r in runs) == 3  # and the refused retry
     assert sorted((r["name"].split("-s", 1)[1], r["work_pool_name"]) for r in runs) == [
         ("0-synthesis-t1", "synthesis-pc"), ("0-synthesis-t1", "synthesis-pc"), ("1-optics-t1", "optics-pc"), ("1-optics-t1", "optics-pc")
     ]
