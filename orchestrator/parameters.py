@@ -25,17 +25,36 @@ class Strict(BaseModel):
         # pydantic would read `true` as 1 where a number is expected; in a file that is a slip, not a number.
         if isinstance(data, dict):
             for key, value in data.items():
-                field = cls.model_fields.get(key) if isinstance(value, bool) else None
-                if field is not None and _takes_number(field.annotation):
+                field = cls.model_fields.get(key)
+                if field is None:
+                    continue
+                if isinstance(value, bool) and _takes_number(field.annotation):
                     raise ValueError(f"{key}: {str(value).lower()} is a yes/no value; write a number")
+                if isinstance(value, (list, tuple)) and _takes_numbers(field.annotation):
+                    for i, item in enumerate(value):
+                        if isinstance(item, bool):
+                            raise ValueError(f"{key}[{i}]: {str(item).lower()} is a yes/no value; write a number")
         return data
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types an annotation admits, looking through Optional/Union and Annotated."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return {get_args(a)[0] if get_origin(a) is Annotated else a for a in args}
 
 
 def _takes_number(annotation: Any) -> bool:
     """Whether a field holds a plain int or float (optional or constrained), and not a bool."""
-    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
-    kinds = {get_args(a)[0] if get_origin(a) is Annotated else a for a in args}
+    kinds = _kinds(annotation)
     return bool not in kinds and bool(kinds & {int, float})
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field holds a list (or tuple) of numbers, such as a discrete parameter's values."""
+    return any(
+        get_origin(kind) in (list, tuple) and any(_takes_number(arg) for arg in get_args(kind) if arg is not Ellipsis)
+        for kind in _kinds(annotation)
+    )
 
 
 _Strict = Strict
