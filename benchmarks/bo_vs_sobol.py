@@ -28,7 +28,7 @@ best-so-far first reached it; a run that never does counts as "> budget".
 Timing: one ``propose`` call (fresh GP fit + acquisition optimization, default OptimizerSettings) on n
 observations, split into fit and acquisition seconds from ``Proposal.info``: Hartmann-6 (continuous, small
 noise) at 20..500 points, and the mixed perovskite space (5 continuous + 1 categorical, failed films included
-as failures) at 20..100 points with q = 1 and q = 3.
+as failures) at 20..100 points with q = 1, 3 and 4 (4: the batch size of `peers.py --settings batch`).
 
 Run ``python benchmarks/bo_vs_sobol.py --help``; raw per-seed numbers go to ``benchmarks/out/bo_vs_sobol.json``.
 """
@@ -62,6 +62,7 @@ PROBLEMS = ("perovskite", "suzuki", "crossed_barrel", "agnp", "snar")
 METHODS = ("sobol", "bo")
 THRESHOLD = 0.95
 HARTMANN_NS, MIXED_NS = (20, 50, 100, 200, 500), (20, 50, 100)
+MIXED_QS = (1, 3, 4)
 _SIMS: dict[str, Any] = {}  # per process: a dataset emulator is fitted once, not once per seed
 
 
@@ -311,7 +312,7 @@ def run_timing(reps: int, quick: bool) -> list[dict[str, Any]]:
     limit_threads()
     h_ns, m_ns = (HARTMANN_NS[:2], MIXED_NS[:1]) if quick else (HARTMANN_NS, MIXED_NS)
     rows = time_case("hartmann6", hartmann_obs, h_ns, 1, reps)
-    for q in (1, 3):
+    for q in MIXED_QS:
         rows += time_case("perovskite_mixed", perovskite_obs, m_ns, q, reps)
     return rows
 

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 # L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
 # lets the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
 FIT_MAXITER = 200
+# L-BFGS memory (correction pairs) for models in mixed spaces. scipy's default of 10 is below the number of
+# hyperparameters there (~10-15: lengthscales, categorical lengthscale, scale, noise, mean), and along the
+# categorical lengthscale's flat direction the search then crawls. Measured on the perovskite space at
+# 20-100 points (18 fits, outcome and success models): 50 pairs took 1444 steps in all instead of 2936, and
+# every fit reached the same or a higher marginal likelihood (3 of 18 higher, by 0.07 to 2.7 nats). Fits in
+# continuous spaces converge in ~40 steps either way and keep the default, so their results stay as before.
+MIXED_FIT_MAXCOR = 50
 
 
 @dataclass(frozen=True)
@@ -54,13 +61,14 @@ def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | 
     """
     t0 = time.perf_counter()
     models, transfer = [], {}
+    maxcor = MIXED_FIT_MAXCOR if space.cat_dims else None
     for k in range(obs.Y.shape[-1]):
         y = obs.Y[:, k : k + 1]
         if priors and k in priors:
             model, transfer[k] = _transfer_model(space, priors[k], obs.X, y)
         else:
             model = _gp(space, obs.X, y)
-            _fit(model)
+            _fit(model, maxcor)
         models.append(model)
     has_feasibility = obs.X_failed.shape[0] > 0
     if has_feasibility:
@@ -69,7 +77,7 @@ def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | 
         # A GP regressed on 0/1 is a crude classifier, but its posterior is Gaussian, so the acquisition
         # can weight by P(success) through botorch's constraint machinery with no extra approximation.
         models.append(_gp(space, X_all, success, standardize=False))
-        _fit(models[-1])
+        _fit(models[-1], maxcor)
     return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0, transfer)
 
 
@@ -172,9 +180,13 @@ def _kernel(smooth: list[int], categorical: list[int]) -> Kernel | None:
     return ScaleKernel(cat) if rbf is None else ScaleKernel(rbf * cat)
 
 
-def _fit(model) -> None:
+def _fit(model, maxcor: int | None = None) -> None:
     """Fits the hyperparameters; a fit that fails numerically leaves the model at its prior-based
-    initial hyperparameters (still a usable GP) rather than stopping the campaign."""
+    initial hyperparameters (still a usable GP) rather than stopping the campaign.
+
+    Args:
+        maxcor: L-BFGS memory (scipy's default 10 when ``None``); see ``MIXED_FIT_MAXCOR``.
+    """
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
@@ -182,7 +194,8 @@ def _fit(model) -> None:
         warnings.simplefilter("ignore", OptimizationWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
+            options = {"maxiter": FIT_MAXITER} if maxcor is None else {"maxiter": FIT_MAXITER, "maxcor": maxcor}
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": options})
         except (RuntimeError, ValueError, ModelFittingError) as exc:  # LinAlgError and NotPSDError included
             log.warning("GP fit failed numerically (%s); using the initial hyperparameters", exc)
             model.load_state_dict(initial)
