@@ -155,11 +155,21 @@ class StationBackend(InstrumentBackend):
             raise ExperimentFailed(f"procedure: {exc}") from None
         history: list[dict[str, Any]] | None = None
         readings: dict[str, Any] = {}
-        for segment in split_segments(steps, self.station_of):
-            flow_run = self._segment(segment, exp_id, key, dispatch, history)
-            artifacts = self._artifacts(flow_run.id)
-            history = artifacts["history"] if artifacts["history"] is not None else history
-            readings.update(self._record(segment, dispatch, flow_run, artifacts))
+        try:
+            for segment in split_segments(steps, self.station_of):
+                flow_run = self._segment(segment, exp_id, key, dispatch, history)
+                artifacts = self._artifacts(flow_run.id)
+                history = artifacts["history"] if artifacts["history"] is not None else history
+                readings.update(self._record(segment, dispatch, flow_run, artifacts))
+        except (ExperimentFailed, ExperimentUnknown):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server went away mid-experiment: never call that "failed"
+            raise ExperimentUnknown(
+                f"lost touch with the Prefect server at {self.api_url} while the experiment was on its stations "
+                f"({type(exc).__name__}: {exc}); what the stations did cannot be told here. Check their flow runs and "
+                "the sample, then `orchestrator resolve ID --result outcome=value ...` or `--failed REASON`",
+                raw=dict(dispatch.saved) or None,
+            ) from None
         return self._analyze(readings, dict(dispatch.saved))
 
     def recover(self, exp: "Experiment", log: list["StepRecord"]) -> Decision:
