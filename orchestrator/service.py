@@ -125,6 +125,33 @@ def require_api_url(purpose: str = "serving a campaign") -> str:
     return url
 
 
+def require_process_pool(pool: str, owner: str, field: str = "") -> None:
+    """Checks that the server has a process work pool ``pool``; ``UserInputError`` naming how to make it if not.
+
+    Args:
+        pool: the pool's name.
+        owner: the PC whose worker should poll it, for the message.
+        field: the campaign field that names the pool, to prefix the message with.
+    """
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    where = f"{field}: " if field else ""
+    with get_client(sync_client=True) as client:
+        try:
+            work_pool = client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise UserInputError(
+                f"{where}no work pool '{pool}' on the Prefect server; create it with `prefect work-pool create {pool} "
+                f"--type process` and start `prefect worker start --pool {pool}` on {owner}"
+            ) from None
+    if work_pool.type != "process":
+        raise UserInputError(
+            f"{where}work pool '{pool}' is of type '{work_pool.type}'; the orchestrator runs in process pools only "
+            "(installed on the worker's PC, no image is built)"
+        )
+
+
 def deployment_parameters(campaign: Campaign, campaign_file: Path, results_dir: Path, simulate: bool) -> dict[str, Any]:
     """The flow's arguments, bound in the deployment: absolute paths, so a run does not depend on a cwd."""
     return {
@@ -237,24 +264,10 @@ def deploy_campaign(
     (no image, no code storage: the orchestrator must be installed in the worker's Python), and the campaign
     file and results folder are the absolute paths bound here, so they must exist on the worker's machine.
     """
-    from prefect import get_client
     from prefect.deployments.runner import RunnerDeployment
-    from prefect.exceptions import ObjectNotFound
     from prefect.types.entrypoint import EntrypointType
 
-    with get_client(sync_client=True) as client:
-        try:
-            work_pool = client.read_work_pool(pool)
-        except ObjectNotFound:
-            raise UserInputError(
-                f"no work pool '{pool}' on the Prefect server; create it with `prefect work-pool create {pool} "
-                "--type process` and start its worker on the lab PC that owns the instruments"
-            ) from None
-    if work_pool.type != "process":
-        raise UserInputError(
-            f"work pool '{pool}' is of type '{work_pool.type}'; `orchestrator deploy` makes deployments for process "
-            "pools only (no image is built)"
-        )
+    require_process_pool(pool, "the lab PC that owns the instruments")
     deployment = RunnerDeployment.from_flow(
         _configured_flow(campaign),
         name=name or campaign.name,

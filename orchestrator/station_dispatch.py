@@ -75,7 +75,8 @@ class StationBackend(InstrumentBackend):
         assert campaign.stations is not None
         self.stations = dict(campaign.stations)
         self.station_of = station_of(campaign)
-        self.lab = StationLab.of(campaign).to_json()
+        self.station_lab = StationLab.of(campaign)
+        self.lab = self.station_lab.to_json()
         self.simulate = simulate
         self.poll_s = poll_s
         self.late_warning_s = late_warning_s
@@ -91,35 +92,21 @@ class StationBackend(InstrumentBackend):
         Raises:
             UserInputError: no Prefect server, a missing work pool, or one that is not a process pool.
         """
-        from prefect import get_client
         from prefect.deployments.runner import RunnerDeployment
-        from prefect.exceptions import ObjectNotFound
         from prefect.types.entrypoint import EntrypointType
 
-        from orchestrator.service import require_api_url
+        from orchestrator.service import require_api_url, require_process_pool
 
         self.api_url = require_api_url("a campaign with stations")
-        with get_client(sync_client=True) as client:
-            for station, spec in self.stations.items():
-                try:
-                    pool = client.read_work_pool(spec.pool)
-                except ObjectNotFound:
-                    raise UserInputError(
-                        f"stations.{station}.pool: no work pool '{spec.pool}' on the Prefect server at {self.api_url}; "
-                        f"create it with `prefect work-pool create {spec.pool} --type process` and start "
-                        f"`prefect worker start --pool {spec.pool}` on the PC that owns {', '.join(self._on(station))}"
-                    ) from None
-                if pool.type != "process":
-                    raise UserInputError(
-                        f"stations.{station}.pool: work pool '{spec.pool}' is of type '{pool.type}'; stations run in "
-                        "process pools (the orchestrator installed on the station PC, no image)"
-                    )
+        for station, spec in self.stations.items():
+            owner = f"the PC that owns {', '.join(self.station_lab.on(station))}"
+            require_process_pool(spec.pool, owner, field=f"stations.{station}.pool")
         for station, spec in self.stations.items():
             deployment = RunnerDeployment.from_flow(
                 station_flow,
                 name=deployment_name(self.campaign, station),
                 description=f"Steps of campaign '{self.campaign.name}' on station '{station}' "
-                f"({', '.join(self._on(station))}); runs are created by the campaign's flow, one per segment.",
+                f"({', '.join(self.station_lab.on(station))}); runs are created by the campaign's flow, one per segment.",
                 tags=["orchestrator", f"campaign:{self.campaign.name}", f"station:{station}"],
                 work_pool_name=spec.pool,
                 work_queue_name=spec.queue,
@@ -129,9 +116,6 @@ class StationBackend(InstrumentBackend):
 
     def close(self) -> None:
         """Nothing to close here: each station makes its instruments safe at the end of every segment."""
-
-    def _on(self, station: str) -> list[str]:
-        return [name for name, s in self.station_of.items() if s == station]
 
     # --- running -----------------------------------------------------------------------------------------
     def run_experiment(
