@@ -75,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "peers")]
 
 from peer_driver import limit_threads, run_job, score_run  # noqa: E402
+from peer_latency import latency_job, latency_table  # noqa: E402
 from peer_problems import PROBLEMS, get_problem  # noqa: E402
 from peer_tools import TOOLS, available  # noqa: E402
 
@@ -181,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="processes over jobs, 1 torch thread each (default 1)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: 2 seeds, budget 12, {' '.join(QUICK_PROBLEMS)}")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "peers.json", help="JSON file")
+    ap.add_argument("--include", type=Path, nargs="+", default=[], metavar="JSON",
+                    help="earlier --out files: their runs of tools NOT in --tools join the tables (same problems, "
+                         "settings, seeds, budget, q and async workers only), so a change to ours is compared "
+                         "with peers that were run once")
+    ap.add_argument("--latency", type=int, nargs="+", default=None, metavar="N",
+                    help="instead of the comparison: time one proposal after N preloaded results per tool "
+                         "(default problems hartmann6 perovskite; see benchmarks/peers/peer_latency.py)")
+    ap.add_argument("--latency-reps", type=int, default=3, help="repeats per latency point (default 3)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: the tables of the --include files' runs (at this --threshold)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.budget = 2, 12
@@ -188,14 +199,19 @@ def main(argv: list[str] | None = None) -> int:
             args.problems = list(QUICK_PROBLEMS)
     if args.seeds < 1 or (args.budget is not None and args.budget < 2) or args.q < 1:
         ap.error("need --seeds >= 1, --budget >= 2 and --q >= 1")
+    if args.report_only and not args.include:
+        ap.error("--report-only needs --include")
     tools = []
-    for tool in args.tools:
+    for tool in [] if args.report_only else args.tools:
         why = available(tool)
         if why:
             print(why, flush=True)
         else:
             tools.append(tool)
     limit_threads()
+    if args.latency:
+        problems = args.problems if args.problems != list(PROBLEMS) else ["hartmann6", "perovskite"]
+        return run_latency(tools, problems, args)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     budget_of: dict[str, int] = {}
@@ -205,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         results[p] = {"info": info, "runs": []}
         log(f"{p}: {info['score_goal']} score, optimum {info['optimum']:.4g}, worst {info['worst']:.4g} "
             f"({info['worst_is']}); noise {info['noise']}")
+    included = _included_runs(args.include, tools, args, budget_of)
+    for run in included:
+        results[run["problem"]]["runs"].append(run)
+    if included:
+        log(f"{len(included)} runs of {sorted({r['tool'] for r in included})} taken from {[str(f) for f in args.include]}")
     jobs = sorted(((t, p, s, seed, budget_of[p], args.q, args.async_workers, args.ours_initial)
                    for p in args.problems for s in args.settings for t in tools for seed in range(args.seeds)),
                   key=lambda j: (-COST[j[0]], j[1], j[2], j[3]))
@@ -218,20 +239,75 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{k}/{len(jobs)}] {run['problem']} {run['setting']} {run['tool']} seed {run['seed']}: best "
                 f"{'none' if b is None else f'{b:.4g}'}, exp@ {run['score']['exp_to_threshold']}, "
                 f"{run['wall_s']:.1f} s (elapsed {time.perf_counter() - t0:.0f} s)")
+    summarized = tools + sorted({r["tool"] for r in included} - set(tools))
     for entry in results.values():
         entry["runs"].sort(key=lambda r: (r["setting"], r["tool"], r["seed"]))
-        entry["summary"] = {s: {t: summarize(rs, entry["info"]) for t in tools
+        entry["summary"] = {s: {t: summarize(rs, entry["info"]) for t in summarized
                                 if (rs := [r for r in entry["runs"] if r["setting"] == s and r["tool"] == t])}
                             for s in args.settings}
     for s in args.settings:
         print("\n" + table(s, results, budget_of, args.q, args.threshold, args.ours_initial), flush=True)
-    report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "tools_run": tools, "versions": _versions(tools), "results": results,
+    report = {"config": vars(args),
+              "tools_run": tools, "tools_included": sorted({r["tool"] for r in included}), "versions": _versions(tools), "results": results,
               "wall_s": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=float))
+    args.out.write_text(json.dumps(report, indent=1, default=_json_default))
     print(f"\ntotal wall time {report['wall_s']:.0f} s; raw numbers in {args.out}", flush=True)
     return 0
+
+
+def run_latency(tools: list[str], problems: list[str], args: argparse.Namespace) -> int:
+    """The ``--latency`` mode: one timed ask per (tool, problem, n, repeat); table to stdout, rows to ``--out``."""
+    t0 = time.perf_counter()
+    jobs = sorted(((t, p, n, r) for t in tools for p in problems for n in args.latency
+                   for r in range(args.latency_reps)), key=lambda j: (-j[2], -COST[j[0]], j[1], j[3]))
+    rows = []
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=limit_threads) if args.workers > 1 else _Inline() as pool:
+        for k, row in enumerate(pool.imap_unordered(latency_job, jobs), 1):
+            rows.append(row)
+            log(f"[{k}/{len(jobs)}] latency {row['problem']} {row['tool']} n={row['n']} rep {row['rep']}: "
+                f"{row['ask_s']:.2f} s (model {row['model']}, elapsed {time.perf_counter() - t0:.0f} s)")
+    print("\n" + latency_table(rows, tools), flush=True)
+    out = args.out if args.out.name != "peers.json" else args.out.with_name("peers_latency.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": vars(args),
+                               "versions": _versions(tools), "rows": rows,
+                               "wall_s": time.perf_counter() - t0}, indent=1, default=_json_default))
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; raw numbers in {out}", flush=True)
+    return 0
+
+
+def _included_runs(files: list[Path], tools: list[str], args: argparse.Namespace, budget_of: dict[str, int]
+                   ) -> list[dict[str, Any]]:
+    """Runs of earlier ``--out`` files for the tools not run now, matching this invocation's problems, settings,
+    seeds (``0 .. --seeds - 1``), budgets, batch size and async workers; rescored at this ``--threshold``.
+
+    A seed found in several files is taken from the first that has it. The runs keep their own timings.
+    """
+    taken: dict[tuple, dict[str, Any]] = {}
+    for f in files:
+        report = json.loads(f.read_text())
+        cfg = report["config"]
+        if cfg.get("async_workers") != args.async_workers:
+            continue
+        for problem, entry in report["results"].items():
+            if problem not in budget_of:
+                continue
+            for run in entry["runs"]:
+                key = (run["tool"], problem, run["setting"], run["seed"])
+                if (run["tool"] in tools or run["setting"] not in args.settings or run["seed"] >= args.seeds
+                        or run["budget"] != budget_of[problem] or key in taken
+                        or (run["setting"] == "batch" and run["q"] != args.q)):
+                    continue
+                taken[key] = run | {"score": score_run(run, get_problem(problem).info(), args.threshold),
+                                    "included_from": str(f)}
+    return list(taken.values())
+
+
+def _json_default(value: Any) -> Any:
+    """Paths as text, numpy scalars as floats."""
+    return str(value) if isinstance(value, Path) else float(value)
 
 
 def _versions(tools: list[str]) -> dict[str, str]:

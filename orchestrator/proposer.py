@@ -29,12 +29,17 @@ from botorch.sampling import SobolQMCNormalSampler
 from orchestrator.campaign import OptimizerSettings
 from orchestrator.errors import OrchestratorError
 from orchestrator.objectives import ScalarObjective
-from orchestrator.space import DTYPE, SearchSpace
+from orchestrator.space import SearchSpace
 from orchestrator.surrogates import Surrogate, fit_surrogate
 from orchestrator.threads import single_threaded
 from orchestrator.transfer import PriorModel
 
 MAX_ENUMERATED_POINTS = 20_000
+# Starting points in a constrained space come from a hit-and-run walk over the polytope. botorch's default walk
+# (10 000 burn-in steps, every 32nd step kept) took 0.9 s of a 1.7 s proposal on the 4-component simplex;
+# 200 and every 4th reach the same acquisition value at q = 1 and the same or a higher one at q = 4 (3 fitted
+# cases each, photo_pce10 at 20 observations), in a quarter to half the time.
+_POLYTOPE_START = {"n_burnin": 200, "n_thinning": 4}
 log = logging.getLogger(__name__)
 
 
@@ -133,17 +138,22 @@ def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observ
 
 
 def fit_for_objective(
-    space: SearchSpace, obs: Observations, objective: ScalarObjective, priors: Mapping[int, PriorModel] | None = None
+    space: SearchSpace,
+    obs: Observations,
+    objective: ScalarObjective,
+    priors: Mapping[int, PriorModel] | None = None,
+    start: Surrogate | None = None,
 ) -> Surrogate:
     """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``).
 
     Args:
         priors: fitted calculated data by outcome column of ``obs.Y``; used for the outcomes the objective models.
+        start: the previous fit for the same objective, whose hyperparameters start the search.
     """
     cols = list(objective.all_columns)
     modelled = {cols.index(k): p for k, p in (priors or {}).items() if k in cols}
     with single_threaded():
-        return fit_surrogate(space, modelled_view(obs, objective)[0], modelled)
+        return fit_surrogate(space, modelled_view(obs, objective)[0], modelled, start)
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:
@@ -232,7 +242,7 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
         q=q,
         num_restarts=settings.num_restarts,
         raw_samples=settings.raw_samples,
-        options={"batch_limit": settings.num_restarts, "maxiter": 200},
+        options={"batch_limit": settings.num_restarts, "maxiter": 200, **_POLYTOPE_START},
         **constraints,
     )
     return X

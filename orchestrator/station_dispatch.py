@@ -34,7 +34,7 @@ from instruments.errors import LimitError
 from instruments.readings import Values, reading_from_json
 from orchestrator.crashpoints import crash_point
 from orchestrator.dispatch import Decision, LedgerStepLog
-from orchestrator.errors import ExperimentFailed, ExperimentUnknown, UserInputError
+from orchestrator.errors import ExperimentFailed, ExperimentUnknown
 from orchestrator.hardware import InstrumentBackend, make_drivers
 from orchestrator.procedures import ProcedureError
 from orchestrator.station_flow import INSTRUMENT_FAILURE, READING_ARTIFACT, REFUSED, SAMPLE_ARTIFACT, STEP_LABEL, station_flow

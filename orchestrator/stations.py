@@ -149,7 +149,7 @@ def step_from_json(data: Mapping[str, Any]) -> Step:
         return Wait(float(data["wait_s"]))
     try:
         return Action(str(data["instrument"]), str(data["action"]), dict(data.get("kwargs") or {}), data.get("label"))
-    except KeyError as exc:
+    except KeyError:
         raise ValueError(f"a step needs 'instrument' and 'action' (or 'wait_s'); got {dict(data)!r}") from None
 
 

@@ -14,14 +14,13 @@ from botorch.exceptions.errors import ModelFittingError
 from botorch.exceptions.warnings import OptimizationWarning
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import ModelListGP, SingleTaskGP
-from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.input import ChainedInputTransform, InputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
-from gpytorch.kernels import Kernel, ScaleKernel
+from gpytorch.kernels import Kernel
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-from orchestrator.space import SearchSpace
+from orchestrator.space import DTYPE, SearchSpace
 
 if TYPE_CHECKING:
     from orchestrator.transfer import PriorModel
@@ -31,12 +30,12 @@ log = logging.getLogger(__name__)
 # L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
 # lets the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
 FIT_MAXITER = 200
-# L-BFGS memory (correction pairs) for models in mixed spaces. scipy's default of 10 is below the number of
-# hyperparameters there (~10-15: lengthscales, categorical lengthscale, scale, noise, mean), and along the
-# categorical lengthscale's flat direction the search then crawls. Measured on the perovskite space at
-# 20-100 points (18 fits, outcome and success models): 50 pairs took 1444 steps in all instead of 2936, and
-# every fit reached the same or a higher marginal likelihood (3 of 18 higher, by 0.07 to 2.7 nats). Fits in
-# continuous spaces converge in ~40 steps either way and keep the default, so their results stay as before.
+# L-BFGS memory (correction pairs) for models in spaces with a categorical. scipy's default of 10 is below
+# the number of hyperparameters there (a lengthscale per one-hot or descriptor column, scale, noise, mean),
+# and along the flat directions of lengthscales that run off to "irrelevant" the search crawls to the cap.
+# Measured on the perovskite space (one-hot antisolvent) at 20-100 random points, 9 fits: 50 pairs took
+# 20-95 steps instead of 135-200, at the same marginal likelihood in 8 of 9 (one stopped lower, by 0.3).
+# Fits in continuous spaces converge in ~40 steps either way and keep the default.
 MIXED_FIT_MAXCOR = 50
 
 
@@ -50,7 +49,9 @@ class Surrogate:
     transfer: dict[int, dict] = field(default_factory=dict)
 
 
-def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | None = None) -> Surrogate:
+def fit_surrogate(
+    space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | None = None, start: Surrogate | None = None
+) -> Surrogate:
     """Fits one GP per outcome to the completed experiments, and a success model when some failed.
 
     Args:
@@ -58,16 +59,20 @@ def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | 
         obs: ``Observations`` with ``X`` (``n x d``), ``Y`` (``n x m``) and ``X_failed`` (``f x d``).
         priors: calculated data per outcome column; the outcome's GP then uses it as configured
             (``orchestrator.transfer``), and ``Surrogate.transfer`` records the method used.
+        start: the previous fit of the same outcomes (a loop's last refit). Each plain GP's hyperparameter
+            search starts from that fit's values instead of the priors' (see ``_start_from``).
     """
     t0 = time.perf_counter()
     models, transfer = [], {}
     maxcor = MIXED_FIT_MAXCOR if space.cat_dims else None
+    previous = _previous_models(start, obs.Y.shape[-1])
     for k in range(obs.Y.shape[-1]):
         y = obs.Y[:, k : k + 1]
         if priors and k in priors:
             model, transfer[k] = _transfer_model(space, priors[k], obs.X, y)
         else:
             model = _gp(space, obs.X, y)
+            _start_from(model, previous.get(k))
             _fit(model, maxcor)
         models.append(model)
     has_feasibility = obs.X_failed.shape[0] > 0
@@ -77,8 +82,39 @@ def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | 
         # A GP regressed on 0/1 is a crude classifier, but its posterior is Gaussian, so the acquisition
         # can weight by P(success) through botorch's constraint machinery with no extra approximation.
         models.append(_gp(space, X_all, success, standardize=False))
+        _start_from(models[-1], previous.get("success"))
         _fit(models[-1], maxcor)
     return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0, transfer)
+
+
+def _previous_models(start: Surrogate | None, m: int) -> dict[int | str, SingleTaskGP]:
+    """The plain GPs of an earlier fit of ``m`` outcomes, by outcome column, and its success model."""
+    if start is None:
+        return {}
+    models = list(start.model.models)
+    if len(models) != m + int(start.has_feasibility):
+        return {}
+    out: dict[int | str, SingleTaskGP] = {k: models[k] for k in range(m) if k not in start.transfer}
+    if start.has_feasibility:
+        out["success"] = models[m]
+    return out
+
+
+def _start_from(model: SingleTaskGP, previous: SingleTaskGP | None) -> None:
+    """Copies the hyperparameters (lengthscales, scale, noise, mean) of ``previous`` into ``model``.
+
+    One more experiment rarely moves the marginal likelihood's optimum far, so L-BFGS started there needs
+    a fraction of the steps. Measured on Hartmann-6 at 6-29 points (24 refits): 4.8 s of fitting instead of
+    6.1 s, 2-3x faster per refit after the first dozen, every fit at the same marginal likelihood (within
+    0.001). Only parameters, never buffers: the outcome transform's mean and spread belong to the new data.
+    """
+    if previous is None or type(previous) is not type(model):
+        return
+    source = dict(previous.named_parameters())
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name in source and source[name].shape == value.shape:
+                value.copy_(source[name])
 
 
 def _transfer_model(space: SearchSpace, prior: "PriorModel", X: torch.Tensor, y: torch.Tensor):
@@ -117,39 +153,58 @@ def _transfer_model(space: SearchSpace, prior: "PriorModel", X: torch.Tensor, y:
 
 
 def _gp(space: SearchSpace, X: torch.Tensor, y: torch.Tensor, standardize: bool = True) -> SingleTaskGP:
-    bounds = space.bounds()
-    ordinal = space.ordinal_dims
-    # Categorical columns hold indices; the categorical kernel only compares them, so they stay raw.
-    normalize = Normalize(d=space.dim, bounds=bounds, indices=ordinal) if ordinal else None
-    described = _descriptor_tables(space)
-    input_transform = normalize
-    if described:
-        features = DescriptorFeatures(described)
-        input_transform = ChainedInputTransform(normalize=normalize, features=features) if normalize else features
-    # Columns the RBF part sees: the ordinal ones, then the descriptor columns appended after the d inputs.
-    smooth = ordinal + list(range(space.dim, space.dim + sum(t.shape[1] for t in described.values())))
-    categorical = [i for i in space.cat_dims if i not in described]
+    input_transform, smooth = model_inputs(space)
     transform = Standardize(m=1) if standardize else None
-    kernel = _kernel(smooth, categorical)
-    return SingleTaskGP(X, y, covar_module=kernel, input_transform=input_transform, outcome_transform=transform)
+    return SingleTaskGP(X, y, covar_module=_kernel(smooth), input_transform=input_transform,
+                        outcome_transform=transform)
 
 
-def _descriptor_tables(space: SearchSpace) -> dict[int, torch.Tensor]:
-    """Column → ``k x p`` descriptor table scaled to [0, 1] per descriptor, for categoricals that have one."""
+def model_inputs(space: SearchSpace, shift: int = 0) -> tuple[InputTransform | None, list[int]]:
+    """The input transform of a model over the encoded space, and the columns its kernel sees.
+
+    Ordinal columns are scaled to [0, 1]. Every categorical is replaced, for the kernel, by features
+    appended after the inputs: its descriptors when the campaign gives them, else one-hot columns. The
+    index column itself stays (the acquisition optimizer moves along it) but no kernel sees it.
+
+    Args:
+        shift: columns in front of the encoded ones (a multi-task model's task column).
+    """
+    d = space.dim + shift
+    bounds = torch.cat([torch.tensor([[0.0], [1.0]], dtype=DTYPE).expand(2, shift), space.bounds()], dim=-1)
+    ordinal = [i + shift for i in space.ordinal_dims]
+    normalize = Normalize(d=d, bounds=bounds, indices=ordinal) if ordinal else None
+    tables = {i + shift: t for i, t in categorical_features(space).items()}
+    transform: InputTransform | None = normalize
+    if tables:
+        features = CategoricalFeatures(tables)
+        transform = ChainedInputTransform(normalize=normalize, features=features) if normalize else features
+    return transform, ordinal + list(range(d, d + sum(t.shape[1] for t in tables.values())))
+
+
+def categorical_features(space: SearchSpace) -> dict[int, torch.Tensor]:
+    """Column → ``k x p`` feature table of each categorical: its descriptors scaled to [0, 1] per
+    descriptor, or the ``k x k`` identity (one-hot) when it has none."""
     out = {}
     for i in space.cat_dims:
         p = space.parameters[i]
         if getattr(p, "descriptors", None):
-            t = torch.tensor(p.descriptor_table(), dtype=torch.double)
+            t = torch.tensor(p.descriptor_table(), dtype=DTYPE)
             lo, hi = t.min(dim=0).values, t.max(dim=0).values
             out[i] = (t - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        else:
+            out[i] = torch.eye(len(p.choices), dtype=DTYPE)
     return out
 
 
-class DescriptorFeatures(InputTransform, torch.nn.Module):
-    """Appends each described categorical's descriptors (``k x p`` table rows) to the inputs: ``n x d`` →
-    ``n x (d + sum p)``. The kernel then compares choices by their descriptors, so data on one solvent
-    informs predictions for a similar one; the index column itself is left out of the kernels."""
+class CategoricalFeatures(InputTransform, torch.nn.Module):
+    """Appends each categorical's feature row (``k x p`` table) to the inputs: ``n x d`` → ``n x (d + sum p)``.
+
+    With descriptors the kernel compares choices by them, so data on one solvent informs predictions for a
+    similar one. One-hot columns under the smooth kernel's dimension-scaled lengthscale prior give a model
+    whose main effects carry across the other parameters' choices (Sn lowers the gap with any anion); a
+    product categorical kernel, which calls two points alike only where most choices agree, needed more
+    experiments for that (see ``benchmarks/README.md``).
+    """
 
     def __init__(self, tables: dict[int, torch.Tensor]):
         super().__init__()
@@ -166,18 +221,12 @@ class DescriptorFeatures(InputTransform, torch.nn.Module):
         return torch.cat([X, *extra], dim=-1)
 
 
-def _kernel(smooth: list[int], categorical: list[int]) -> Kernel | None:
-    """RBF (ARD) over the smooth columns times a categorical kernel over the categorical ones.
-
-    Equivalent in what it can express to the product half of ``MixedSingleTaskGP``'s kernel; dropping
-    its additive half makes a fit about 3x and a posterior about 2x faster (measured at 20-100 points,
-    6 columns), which matters in the acquisition optimizer's inner loop.
-    """
-    rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(smooth), active_dims=smooth) if smooth else None
-    if not categorical:
-        return rbf if rbf is None or max(smooth) >= len(smooth) else None  # all columns smooth: botorch's default
-    cat = CategoricalKernel(ard_num_dims=len(categorical), active_dims=categorical)
-    return ScaleKernel(cat) if rbf is None else ScaleKernel(rbf * cat)
+def _kernel(smooth: list[int]) -> Kernel | None:
+    """RBF (ARD, botorch's dimension-scaled lengthscale prior) over the ``smooth`` columns; ``None`` (botorch's
+    default, the same kernel) when those are exactly the model's inputs in order."""
+    if smooth == list(range(len(smooth))) and smooth:
+        return None
+    return get_covar_module_with_dim_scaled_prior(ard_num_dims=len(smooth), active_dims=smooth)
 
 
 def _fit(model, maxcor: int | None = None) -> None:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from botorch.models import MultiTaskGP, SingleTaskGP
-from botorch.models.transforms.input import ChainedInputTransform, Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.means import Mean
 
@@ -180,10 +179,9 @@ def prior_mean_coefficients(model: SingleTaskGP) -> tuple[float, float]:
 def multitask_gp(space: SearchSpace, prior: PriorModel, X: torch.Tensor, y: torch.Tensor) -> MultiTaskGP:
     """Calculation (task 0) and experiment (task 1) in one GP: the data kernel of the single-task GP
     (over inputs shifted one column right, the task column first) times a learned task covariance."""
-    from orchestrator.surrogates import DescriptorFeatures, _descriptor_tables, _kernel
+    from orchestrator.surrogates import _kernel, model_inputs
 
     assert prior.X_full is not None
-    d = space.dim
     train_X = torch.cat([
         torch.cat([torch.zeros(prior.X_full.shape[0], 1, dtype=DTYPE), prior.X_full], dim=-1),
         torch.cat([torch.ones(X.shape[0], 1, dtype=DTYPE), X], dim=-1),
@@ -194,18 +192,9 @@ def multitask_gp(space: SearchSpace, prior: PriorModel, X: torch.Tensor, y: torc
     y_std = float(y.std()) if y.shape[0] > 1 and float(y.std()) > 0 else prior.y_std
     source = (prior.y - prior.y_mean) / prior.y_std * y_std + float(y.mean())
     train_Y = torch.cat([source, y])
-    bounds = torch.cat([torch.tensor([[0.0], [1.0]], dtype=DTYPE), space.bounds()], dim=-1)
-    ordinal = space.ordinal_dims
-    normalize = Normalize(d=d + 1, bounds=bounds, indices=[i + 1 for i in ordinal]) if ordinal else None
-    described = _descriptor_tables(space)
-    transform = normalize
-    if described:
-        features = DescriptorFeatures({i + 1: t for i, t in described.items()})
-        transform = ChainedInputTransform(normalize=normalize, features=features) if normalize else features
-    # Kernel columns index the transformed inputs: the task column, the d inputs, then descriptor columns.
-    smooth = [i + 1 for i in ordinal] + list(range(d + 1, d + 1 + sum(t.shape[1] for t in described.values())))
-    categorical = [i + 1 for i in space.cat_dims if i not in described]
-    kernel = _kernel(smooth, categorical)
+    # Kernel columns index the transformed inputs: the task column, the d inputs, then categorical features.
+    transform, smooth = model_inputs(space, shift=1)
+    kernel = _kernel(smooth)
     return MultiTaskGP(
         train_X, train_Y, task_feature=0, covar_module=kernel, output_tasks=[1], input_transform=transform,
         outcome_transform=Standardize(m=1),

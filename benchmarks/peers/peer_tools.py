@@ -141,6 +141,13 @@ class Ours:
         else:
             self.ledger.mark_completed(handle, {self.outcome: value})
 
+    def preload(self, conditions: Mapping[str, Any], value: float | None, reason: str) -> None:
+        """One finished experiment the tool did not propose (``orchestrator add``'s ledger call)."""
+        if value is None:
+            self.ledger.add_manual(conditions, failed=reason)
+        else:
+            self.ledger.add_manual(conditions, {self.outcome: value})
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -191,6 +198,15 @@ class AxTool:
         else:
             y = abs(value - self.target) if self.target is not None else value
             self.client.complete_trial(handle, raw_data={"y": y})
+
+    def preload(self, conditions: Mapping[str, Any], value: float | None, reason: str) -> None:
+        """One finished experiment Ax did not propose: ``attach_trial``, then its result. The first one replaces
+        the default generation strategy by the same one without its center point, which Ax would otherwise
+        still propose first; the attached trials then count towards its initialization budget."""
+        if not getattr(self, "_preloaded", False):
+            self.client.configure_generation_strategy(initialize_with_center=False)
+            self._preloaded = True
+        self.tell(self.client.attach_trial(parameters=dict(conditions)), value, reason)
 
     def close(self) -> None:
         pass
@@ -268,6 +284,12 @@ class BayBETool:
             self.skipped_failures += 1
             return
         self.campaign.add_measurements(self.pd.DataFrame([row | {self.outcome: value}]))
+
+    def preload(self, conditions: Mapping[str, Any], value: float | None, reason: str) -> None:
+        """One finished experiment BayBE did not recommend (a failed one is not added, as in ``tell``)."""
+        self.counter += 1
+        self.pending[self.counter] = dict(conditions)
+        self.tell(self.counter, value, reason)
 
     def close(self) -> None:
         pass

@@ -160,6 +160,29 @@ def test_categorical_descriptors_let_the_model_generalize_to_an_untried_choice()
     assert abs(predictions["described"] - truth_value) < abs(predictions["plain"] - truth_value) / 2, predictions
 
 
+def test_categoricals_reach_the_kernel_as_one_hot_or_descriptor_columns_never_as_indices():
+    from orchestrator.surrogates import fit_surrogate, model_inputs
+
+    data = copy.deepcopy(SPACE)
+    data["parameters"].append({"name": "antisolvent", "type": "categorical", "choices": ["cb", "tol", "none"]})
+    data["parameters"][5]["descriptors"] = {"dmf": {"bp_c": 153, "dielectric": 36.7}, "dmso": {"bp_c": 189, "dielectric": 46.7}}
+    space = SearchSpace.from_campaign(Campaign.model_validate(data))
+    conds = space.decode(space.initial_design(seed=1, start=0, count=9))
+    X = space.encode(conds)
+    transform, smooth = model_inputs(space)
+    features = transform(X)
+    d = space.dim  # 7: five ordinal columns, then solvent (index 5) and antisolvent (index 6)
+    assert features.shape == (9, d + 2 + 3)
+    assert smooth == [0, 1, 2, 3, 4] + list(range(d, d + 5))  # neither index column
+    for row, c in zip(features, conds):
+        dielectric = {"dmf": 0.0, "dmso": 1.0}[c["solvent"]]  # each descriptor scaled to [0, 1]
+        assert row[d + 1].item() == dielectric
+        assert row[d + 2 :].tolist() == [float(c["antisolvent"] == k) for k in ("cb", "tol", "none")]
+    y = torch.tensor([[truth(c)] for c in conds], dtype=DTYPE)
+    model = fit_surrogate(space, Observations(X, y, X[:0], X[:0])).model.models[0]
+    assert model.covar_module.active_dims.tolist() == smooth
+
+
 def test_a_space_with_descriptors_proposes_legal_choices():
     data = copy.deepcopy(SPACE)
     data["parameters"][5]["descriptors"] = {"dmf": {"bp_c": 153, "dielectric": 36.7}, "dmso": {"bp_c": 189, "dielectric": 46.7}}
