@@ -148,7 +148,28 @@ def table(setting: str, results: dict[str, Any], budget_of: dict[str, int], q: i
             notes += [f"  {problem}/{tool}: {n}" for n in s["notes"]]
     if ours_initial is not None:
         notes.append(f"  ours: initial design of {ours_initial} experiments (--ours-initial), not the campaign default")
-    return "\n".join(lines + (["notes:"] + notes if notes else []))
+    return "\n".join(lines + across_problems(setting, results) + (["notes:"] + notes if notes else []))
+
+
+def across_problems(setting: str, results: dict[str, Any]) -> list[str]:
+    """Per tool, the median over problems of the per-problem median exp@ and s/prop (problems every tool ran).
+
+    A problem whose median run never reached the threshold counts as infinitely many experiments, so the
+    median over problems is "never" once half the problems are.
+    """
+    cells = {p: e["summary"].get(setting, {}) for p, e in results.items()}
+    tools = [t for t in TOOLS if any(t in c for c in cells.values())]
+    shared = [p for p, c in cells.items() if all(t in c for t in tools)]
+    if len(tools) < 2 or not shared:
+        return []
+    out = [f"across {len(shared)} problems (median of the per-problem medians):"]
+    for t in tools:
+        reach = float(np.median([cells[p][t]["reach_median"] for p in shared]))
+        asks = [cells[p][t]["ask_s_model"] for p in shared if cells[p][t]["ask_s_model"] is not None]
+        out.append(f"  {t:6} exp@ {'never' if not np.isfinite(reach) else f'{reach:.1f}':>6}   "
+                   f"s/prop {_fmt(_median(asks), '.2f'):>5}   problems where it reaches the threshold first or tied: "
+                   f"{sum(cells[p][t]['reach_median'] <= min(cells[p][u]['reach_median'] for u in tools) for p in shared)}")
+    return out
 
 
 class _Inline:

@@ -58,7 +58,6 @@ class CampaignRunner:
         # Prior files are read now, so a bad file stops the run before any experiment; fitted at first refit.
         self.prior_data = load_priors(campaign)
         self._prior_models: dict[int, PriorModel] | None = None
-        self._last_fit: Surrogate | None = None  # the latest refit, whose hyperparameters start the next one
 
     def prior_models(self) -> dict[int, PriorModel]:
         """The campaign's priors fitted to their calculated data, by outcome column (fitted once per run)."""
@@ -132,19 +131,12 @@ class CampaignRunner:
 
     # --- the steps ------------------------------------------------------------------------------
     def refit(self, obs: Observations) -> Surrogate | None:
-        """Fits the surrogates, or returns ``None`` while the Sobol design is still running.
-
-        Each fit's hyperparameter search starts from this runner's previous fit (a resumed run starts
-        from the priors once), which makes a refit several times faster and ends at the same likelihood.
-        """
+        """Fits the surrogates, or returns ``None`` while the Sobol design is still running."""
         if not self.in_model_phase(obs):
             return None
         with torch.random.fork_rng():
             torch.manual_seed(self.campaign.seed + obs.n_seen)
-            self._last_fit = fit_for_objective(
-                self.space, obs, self.objective(obs.Y), self.prior_models(), start=self._last_fit
-            )
-            return self._last_fit
+            return fit_for_objective(self.space, obs, self.objective(obs.Y), self.prior_models())
 
     def propose(self, obs: Observations, surrogate: Surrogate | None, count: int) -> list[Experiment]:
         """Proposes ``count`` experiments and records them as ``proposed``."""

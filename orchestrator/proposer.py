@@ -138,22 +138,17 @@ def modelled_view(obs: Observations, objective: ScalarObjective) -> tuple[Observ
 
 
 def fit_for_objective(
-    space: SearchSpace,
-    obs: Observations,
-    objective: ScalarObjective,
-    priors: Mapping[int, PriorModel] | None = None,
-    start: Surrogate | None = None,
+    space: SearchSpace, obs: Observations, objective: ScalarObjective, priors: Mapping[int, PriorModel] | None = None
 ) -> Surrogate:
     """Fits the surrogates ``propose`` needs for ``objective`` (see ``modelled_view``).
 
     Args:
         priors: fitted calculated data by outcome column of ``obs.Y``; used for the outcomes the objective models.
-        start: the previous fit for the same objective, whose hyperparameters start the search.
     """
     cols = list(objective.all_columns)
     modelled = {cols.index(k): p for k, p in (priors or {}).items() if k in cols}
     with single_threaded():
-        return fit_surrogate(space, modelled_view(obs, objective)[0], modelled, start)
+        return fit_surrogate(space, modelled_view(obs, objective)[0], modelled)
 
 
 def sobol_points(space: SearchSpace, seed: int, start: int, count: int) -> torch.Tensor:
@@ -243,6 +238,9 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
         num_restarts=settings.num_restarts,
         raw_samples=settings.raw_samples,
         options={"batch_limit": settings.num_restarts, "maxiter": 200, **_POLYTOPE_START},
+        # A batch is built one point at a time, each with the ones before it pending (as the mixed optimizer
+        # does): the joint search over q x d inputs from a few restarts found lower acquisition values.
+        sequential=q > 1,
         **constraints,
     )
     return X

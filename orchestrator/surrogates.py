@@ -49,9 +49,7 @@ class Surrogate:
     transfer: dict[int, dict] = field(default_factory=dict)
 
 
-def fit_surrogate(
-    space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | None = None, start: Surrogate | None = None
-) -> Surrogate:
+def fit_surrogate(space: SearchSpace, obs, priors: Mapping[int, "PriorModel"] | None = None) -> Surrogate:
     """Fits one GP per outcome to the completed experiments, and a success model when some failed.
 
     Args:
@@ -59,20 +57,16 @@ def fit_surrogate(
         obs: ``Observations`` with ``X`` (``n x d``), ``Y`` (``n x m``) and ``X_failed`` (``f x d``).
         priors: calculated data per outcome column; the outcome's GP then uses it as configured
             (``orchestrator.transfer``), and ``Surrogate.transfer`` records the method used.
-        start: the previous fit of the same outcomes (a loop's last refit). Each plain GP's hyperparameter
-            search starts from that fit's values instead of the priors' (see ``_start_from``).
     """
     t0 = time.perf_counter()
     models, transfer = [], {}
     maxcor = MIXED_FIT_MAXCOR if space.cat_dims else None
-    previous = _previous_models(start, obs.Y.shape[-1])
     for k in range(obs.Y.shape[-1]):
         y = obs.Y[:, k : k + 1]
         if priors and k in priors:
             model, transfer[k] = _transfer_model(space, priors[k], obs.X, y)
         else:
             model = _gp(space, obs.X, y)
-            _start_from(model, previous.get(k))
             _fit(model, maxcor)
         models.append(model)
     has_feasibility = obs.X_failed.shape[0] > 0
@@ -82,39 +76,8 @@ def fit_surrogate(
         # A GP regressed on 0/1 is a crude classifier, but its posterior is Gaussian, so the acquisition
         # can weight by P(success) through botorch's constraint machinery with no extra approximation.
         models.append(_gp(space, X_all, success, standardize=False))
-        _start_from(models[-1], previous.get("success"))
         _fit(models[-1], maxcor)
     return Surrogate(ModelListGP(*models), has_feasibility, time.perf_counter() - t0, transfer)
-
-
-def _previous_models(start: Surrogate | None, m: int) -> dict[int | str, SingleTaskGP]:
-    """The plain GPs of an earlier fit of ``m`` outcomes, by outcome column, and its success model."""
-    if start is None:
-        return {}
-    models = list(start.model.models)
-    if len(models) != m + int(start.has_feasibility):
-        return {}
-    out: dict[int | str, SingleTaskGP] = {k: models[k] for k in range(m) if k not in start.transfer}
-    if start.has_feasibility:
-        out["success"] = models[m]
-    return out
-
-
-def _start_from(model: SingleTaskGP, previous: SingleTaskGP | None) -> None:
-    """Copies the hyperparameters (lengthscales, scale, noise, mean) of ``previous`` into ``model``.
-
-    One more experiment rarely moves the marginal likelihood's optimum far, so L-BFGS started there needs
-    a fraction of the steps. Measured on Hartmann-6 at 6-29 points (24 refits): 4.8 s of fitting instead of
-    6.1 s, 2-3x faster per refit after the first dozen, every fit at the same marginal likelihood (within
-    0.001). Only parameters, never buffers: the outcome transform's mean and spread belong to the new data.
-    """
-    if previous is None or type(previous) is not type(model):
-        return
-    source = dict(previous.named_parameters())
-    with torch.no_grad():
-        for name, value in model.named_parameters():
-            if name in source and source[name].shape == value.shape:
-                value.copy_(source[name])
 
 
 def _transfer_model(space: SearchSpace, prior: "PriorModel", X: torch.Tensor, y: torch.Tensor):

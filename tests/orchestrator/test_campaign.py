@@ -35,6 +35,18 @@ def test_default_initial_design_is_one_more_than_the_parameters(campaign_dict):
     assert Campaign.model_validate(campaign_dict).initial_experiments == 3
 
 
+def test_default_initial_design_is_whole_batches(campaign_dict):
+    for name in ("e1", "e2", "e3"):  # 6 parameters: 7 design points at batch size 1
+        campaign_dict["parameters"].append({"name": name, "type": "continuous", "low": 0, "high": 1})
+    sizes = {}
+    for q in (1, 2, 3, 4, 8):
+        campaign_dict["budget"] = {"max_experiments": 50, "batch_size": q}
+        sizes[q] = Campaign.model_validate(campaign_dict).initial_experiments
+    assert sizes == {1: 7, 2: 6, 3: 6, 4: 4, 8: 8}
+    campaign_dict["budget"] = {"max_experiments": 50, "batch_size": 4, "initial_experiments": 7}
+    assert Campaign.model_validate(campaign_dict).initial_experiments == 7  # as written, never rounded
+
+
 def test_space_fingerprint_ignores_budget_but_not_bounds(campaign_dict):
     a = Campaign.model_validate(campaign_dict)
     campaign_dict["budget"]["max_experiments"] = 99
