@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# L-BFGS steps for the hyperparameters. The categorical kernel's lengthscale is weakly identified and
-# lets the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
+# L-BFGS steps for the hyperparameters. Weakly identified lengthscales (one-hot columns, knobs that do not
+# matter) let the optimizer wander for ~800 steps (seconds per fit) without a better model; 200 is plenty.
 FIT_MAXITER = 200
 # L-BFGS memory (correction pairs) for models in spaces with a categorical. scipy's default of 10 is below
 # the number of hyperparameters there (a lengthscale per one-hot or descriptor column, scale, noise, mean),
@@ -163,10 +163,11 @@ class CategoricalFeatures(InputTransform, torch.nn.Module):
     """Appends each categorical's feature row (``k x p`` table) to the inputs: ``n x d`` → ``n x (d + sum p)``.
 
     With descriptors the kernel compares choices by them, so data on one solvent informs predictions for a
-    similar one. One-hot columns under the smooth kernel's dimension-scaled lengthscale prior give a model
-    whose main effects carry across the other parameters' choices (Sn lowers the gap with any anion); a
-    product categorical kernel, which calls two points alike only where most choices agree, needed more
-    experiments for that (see ``benchmarks/README.md``).
+    similar one. Without them the one-hot columns share the RBF kernel (and its dimension-scaled lengthscale
+    prior) with the ordered knobs, as Ax models choices. Against the product of an RBF and botorch's
+    ``CategoricalKernel`` used before, on ``benchmarks/peers.py`` (10 seeds, budget 30, sequential): the
+    perovskite simulator reached 95 % in 7 of 10 seeds instead of 4, the 192-compound band-gap lookup in a
+    median of 10 experiments instead of 14, and a proposal took no longer.
     """
 
     def __init__(self, tables: dict[int, torch.Tensor]):
