@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,16 +30,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What Prefect's own client retries: the server answers 503 when its SQLite database is briefly locked (seen
+# on a loaded 2-core CI machine) and rolls the request back, so sending it again is safe.
+RETRY_CODES = {429, 502, 503}
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 def api(base: str, path: str, body: dict | None = None) -> Any:
-    """GET (or POST ``body`` to) ``{base}/api{path}``; the JSON reply."""
-    request = urllib.request.Request(
-        f"{base}/api{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json"},
-        method="POST" if body is not None else "GET",
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        return json.loads(reply.read())
+    """GET (or POST ``body`` to) ``{base}/api{path}``; the JSON reply. Busy answers are retried."""
+    for delay_s in (*RETRY_DELAYS_S, None):
+        request = urllib.request.Request(
+            f"{base}/api{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"content-type": "application/json"},
+            method="POST" if body is not None else "GET",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_CODES or delay_s is None:
+                raise
+            time.sleep(delay_s)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, process: subprocess.Popen | None = None) -> Any:
