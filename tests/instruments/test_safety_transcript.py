@@ -44,7 +44,9 @@ from simulators.lab import SimLab
 from tests.instruments.rig import serve
 
 INF, NAN = math.inf, math.nan
-EXAMPLES = 30  # hypothesis examples per driver and limit variant
+# Hypothesis examples per driver and limit variant. The draws are derandomized: with free draws the floor on
+# refused actions below failed by chance (4 of 78 once), and the bounds themselves are tried in the list test.
+EXAMPLES = 30
 
 
 # --- the checkers: one small, independent parser per protocol ----------------------------------------------
@@ -731,7 +733,8 @@ def test_random_proposals_never_send_a_command_outside_the_limits(case_id, tmp_p
         assert not r.checker.violations, r.checker.violations
         outcomes: list[Any] = []
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
         @given(st.lists(case.actions, min_size=1, max_size=4))
         def proposals(calls: list[tuple[str, dict[str, Any]]]) -> None:
             for action, kwargs in calls:
