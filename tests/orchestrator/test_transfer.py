@@ -27,6 +27,7 @@ from orchestrator.priors import PriorData, PriorFileError
 from orchestrator.proposer import Observations, fit_for_objective, propose
 from orchestrator.simulation import build_simulator
 from orchestrator.space import DTYPE, SearchSpace
+from orchestrator.surrogates import _fit as transfer_fit
 from orchestrator.surrogates import fit_surrogate
 from orchestrator.threads import single_threaded
 from orchestrator.transfer import (
@@ -225,6 +226,28 @@ def test_constant_offset_prior_is_corrected():
     err_plain = (posterior_mean(plain.model.models[0], X_new) - y_new).abs()
     assert float(err.mean()) < 0.02 and float(err.max()) < 0.06
     assert float(err.mean()) < 0.2 * float(err_plain.mean()), (float(err.mean()), float(err_plain.mean()))
+
+
+def test_a_prior_that_explains_the_experiments_leaves_only_its_residual_doubt():
+    """HSE06 prior, measured gaps = scaled HSE06 + 0.05 eV per material: after 8 materials the prior-mean GP's
+    posterior sd at the untried ones is near that 0.05 eV, not the outcome's 1 eV spread (which made the loop
+    explore the whole table), and its errors there are what the sd says."""
+    prior = fitted_prior(PEROVSKITE_SPACE, hse06_prior("prior_mean"))
+    X = PEROVSKITE_SPACE.initial_design(3, 0, 8)
+    y = torch.tensor([[measured_gap(c)] for c in PEROVSKITE_SPACE.decode(X)], dtype=DTYPE)
+    with single_threaded(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transfer.prior_mean_gp(PEROVSKITE_SPACE, prior, X, y)
+        transfer_fit(model)
+    untried = PEROVSKITE_SPACE.all_points()
+    untried = untried[(untried.unsqueeze(1) - X.unsqueeze(0)).abs().amax(-1).min(-1).values > 0]
+    truth_gap = torch.tensor([measured_gap(c) for c in PEROVSKITE_SPACE.decode(untried)], dtype=DTYPE)
+    with torch.no_grad():
+        post = model.posterior(untried)
+    sd, err = post.variance.squeeze(-1).sqrt(), post.mean.squeeze(-1) - truth_gap
+    assert float(y.std()) > 0.8  # the outcome's own spread
+    assert 0.01 < float(sd.median()) < 0.2, float(sd.median())
+    assert float(err.pow(2).mean().sqrt()) < 0.15 and float(err.abs().median()) < 2 * float(sd.median())
 
 
 # === 3. auto: no transfer from noise, transfer from a helpful prior ==========================================
