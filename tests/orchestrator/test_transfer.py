@@ -24,11 +24,10 @@ from orchestrator.loop import CampaignRunner, run_loop
 from orchestrator.objectives import ScalarObjective
 from orchestrator.parameters import CategoricalParameter, ContinuousParameter
 from orchestrator.priors import PriorData, PriorFileError
-from orchestrator.proposer import Observations, fit_for_objective, propose
+from orchestrator.proposer import Observations, _untried, fit_for_objective, propose
 from orchestrator.simulation import build_simulator
 from orchestrator.space import DTYPE, SearchSpace
-from orchestrator.surrogates import _fit as transfer_fit
-from orchestrator.surrogates import fit_surrogate
+from orchestrator.surrogates import _fit, fit_surrogate
 from orchestrator.threads import single_threaded
 from orchestrator.transfer import (
     AUTO_MARGIN_NATS,
@@ -238,9 +237,8 @@ def test_a_prior_that_explains_the_experiments_leaves_only_its_residual_doubt():
     with single_threaded(), torch.random.fork_rng():
         torch.manual_seed(0)
         model = transfer.prior_mean_gp(PEROVSKITE_SPACE, prior, X, y)
-        transfer_fit(model)
-    untried = PEROVSKITE_SPACE.all_points()
-    untried = untried[(untried.unsqueeze(1) - X.unsqueeze(0)).abs().amax(-1).min(-1).values > 0]
+        _fit(model)
+    untried = _untried(PEROVSKITE_SPACE.all_points(), X)
     truth_gap = torch.tensor([measured_gap(c) for c in PEROVSKITE_SPACE.decode(untried)], dtype=DTYPE)
     with torch.no_grad():
         post = model.posterior(untried)
