@@ -44,6 +44,11 @@ _POLYTOPE_START = {"n_burnin": 200, "n_thinning": 4}
 # them too, and 43 chunks of 6 cost 0.12 s of a 0.7 s proposal on Hartmann-6 at 20 observations; the values
 # are the same either way (every chunk shares the sampler's base samples).
 INIT_BATCH_LIMIT = 512
+# Relative tolerance on the log-acquisition at which a local search stops. scipy's L-BFGS-B default (2.2e-9)
+# polishes values already final to 4 decimals; 1e-6 (SLSQP's default, used in constrained spaces) moves the
+# proposal by at most 0.002 of a knob's range and takes 10-30 % less time (Hartmann-6, Branin, Suzuki at 12-30
+# observations, 27 cases).
+ACQ_FTOL = 1e-6
 log = logging.getLogger(__name__)
 
 
@@ -242,6 +247,7 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
         num_restarts=settings.num_restarts,
         raw_samples=settings.raw_samples,
         options={"batch_limit": settings.num_restarts, "init_batch_limit": INIT_BATCH_LIMIT, "maxiter": 200,
+                 "ftol": ACQ_FTOL,
                  **_POLYTOPE_START},
         # A batch is built one point at a time, each with the ones before it pending (as the mixed optimizer
         # does): the joint search over q x d inputs from a few restarts found lower acquisition values.
