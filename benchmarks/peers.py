@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     ap.add_argument("--seeds", type=int, default=10, help="seeds per cell (default 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are FIRST .. FIRST + SEEDS - 1 (default 0)")
     ap.add_argument("--budget", type=int, default=None, help="experiments per run (default: per problem, 30)")
     ap.add_argument("--q", type=int, default=4, help="batch size of the batch setting (default 4)")
     ap.add_argument("--async-workers", type=int, default=4, help="simulated workers of the async setting")
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.budget = 2, 12
         if args.problems == list(PROBLEMS):
             args.problems = list(QUICK_PROBLEMS)
-    if args.seeds < 1 or (args.budget is not None and args.budget < 2) or args.q < 1:
-        ap.error("need --seeds >= 1, --budget >= 2 and --q >= 1")
+    if args.seeds < 1 or args.first_seed < 0 or (args.budget is not None and args.budget < 2) or args.q < 1:
+        ap.error("need --seeds >= 1, --first-seed >= 0, --budget >= 2 and --q >= 1")
     if args.report_only and not args.include:
         ap.error("--report-only needs --include")
     tools = []
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if included:
         log(f"{len(included)} runs of {sorted({r['tool'] for r in included})} taken from {[str(f) for f in args.include]}")
     jobs = sorted(((t, p, s, seed, budget_of[p], args.q, args.async_workers, args.ours_initial)
-                   for p in args.problems for s in args.settings for t in tools for seed in range(args.seeds)),
+                   for p in args.problems for s in args.settings for t in tools
+                   for seed in range(args.first_seed, args.first_seed + args.seeds)),
                   key=lambda j: (-COST[j[0]], j[1], j[2], j[3]))
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers, initializer=limit_threads) if args.workers > 1 else _Inline() as pool:
@@ -302,7 +304,8 @@ def run_latency(tools: list[str], problems: list[str], args: argparse.Namespace)
 def _included_runs(files: list[Path], tools: list[str], args: argparse.Namespace, budget_of: dict[str, int]
                    ) -> list[dict[str, Any]]:
     """Runs of earlier ``--out`` files for the tools not run now, matching this invocation's problems, settings,
-    seeds (``0 .. --seeds - 1``), budgets, batch size and async workers; rescored at this ``--threshold``.
+    seeds (``--first-seed .. --first-seed + --seeds - 1``), budgets, batch size and async workers; rescored at
+    this ``--threshold``.
 
     A seed found in several files is taken from the first that has it. The runs keep their own timings.
     """
@@ -317,7 +320,8 @@ def _included_runs(files: list[Path], tools: list[str], args: argparse.Namespace
                 continue
             for run in entry["runs"]:
                 key = (run["tool"], problem, run["setting"], run["seed"])
-                if (run["tool"] in tools or run["setting"] not in args.settings or run["seed"] >= args.seeds
+                in_seeds = args.first_seed <= run["seed"] < args.first_seed + args.seeds
+                if (run["tool"] in tools or run["setting"] not in args.settings or not in_seeds
                         or run["budget"] != budget_of[problem] or key in taken
                         or (run["setting"] == "batch" and run["q"] != args.q)):
                     continue
