@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(included)} runs of {sorted({r['tool'] for r in included})} taken from {[str(f) for f in args.include]}")
     jobs = sorted(((t, p, s, seed, budget_of[p], args.q, args.async_workers, args.ours_initial)
                    for p in args.problems for s in args.settings for t in tools
-                   for seed in range(args.first_seed, args.first_seed + args.seeds)),
+                   for seed in _seeds(args)),
                   key=lambda j: (-COST[j[0]], j[1], j[2], j[3]))
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers, initializer=limit_threads) if args.workers > 1 else _Inline() as pool:
@@ -301,11 +301,15 @@ def run_latency(tools: list[str], problems: list[str], args: argparse.Namespace)
     return 0
 
 
+def _seeds(args: argparse.Namespace) -> range:
+    """The seeds this invocation covers: ``--first-seed .. --first-seed + --seeds - 1``."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
 def _included_runs(files: list[Path], tools: list[str], args: argparse.Namespace, budget_of: dict[str, int]
                    ) -> list[dict[str, Any]]:
     """Runs of earlier ``--out`` files for the tools not run now, matching this invocation's problems, settings,
-    seeds (``--first-seed .. --first-seed + --seeds - 1``), budgets, batch size and async workers; rescored at
-    this ``--threshold``.
+    seeds (``_seeds``), budgets, batch size and async workers; rescored at this ``--threshold``.
 
     A seed found in several files is taken from the first that has it. The runs keep their own timings.
     """
@@ -320,8 +324,7 @@ def _included_runs(files: list[Path], tools: list[str], args: argparse.Namespace
                 continue
             for run in entry["runs"]:
                 key = (run["tool"], problem, run["setting"], run["seed"])
-                in_seeds = args.first_seed <= run["seed"] < args.first_seed + args.seeds
-                if (run["tool"] in tools or run["setting"] not in args.settings or not in_seeds
+                if (run["tool"] in tools or run["setting"] not in args.settings or run["seed"] not in _seeds(args)
                         or run["budget"] != budget_of[problem] or key in taken
                         or (run["setting"] == "batch" and run["q"] != args.q)):
                     continue
