@@ -246,15 +246,34 @@ def _optimize_quietly(space: SearchSpace, obs: Observations, acqf, q: int, setti
         q=q,
         num_restarts=settings.num_restarts,
         raw_samples=settings.raw_samples,
-        options={"batch_limit": settings.num_restarts, "init_batch_limit": INIT_BATCH_LIMIT, "maxiter": 200,
-                 "ftol": ACQ_FTOL,
-                 **_POLYTOPE_START},
+        options=acquisition_search_options(settings, constrained=bool(ineq or eq)),
         # A batch is built one point at a time, each with the ones before it pending (as the mixed optimizer
         # does): the joint search over q x d inputs from a few restarts found lower acquisition values.
         sequential=q > 1,
         **constraints,
     )
     return X
+
+
+def acquisition_search_options(settings: OptimizerSettings, constrained: bool) -> dict:
+    """``optimize_acqf`` options for a continuous space.
+
+    Unconstrained, the restarts go to botorch's batched L-BFGS-B: each restart is its own problem with its own
+    stopping test, all evaluated in one batch. botorch takes that path only when every option is one it
+    knows, so the hit-and-run options (used only for constrained starts) stay out, and ``factr`` is set to
+    ``None`` because it cannot be given beside ``ftol``. The fallback, one L-BFGS-B over all restarts joined,
+    stops on the relative change of their summed value, so it ran on while any restart moved and sometimes
+    stopped with a restart short of its optimum: on Hartmann-6 (seed 3, 23 proposals at 7-29 observations,
+    the same fitted models) the batched search took a median 0.33 s instead of 0.59 s, reached the same
+    acquisition value (within 0.01) in 16, a higher one in 5 (by up to 3.7 in log-acquisition) and a lower one
+    in 2 (by up to 0.36).
+    Constrained spaces use SLSQP, which has no batched form.
+    """
+    options = {"batch_limit": settings.num_restarts, "init_batch_limit": INIT_BATCH_LIMIT, "maxiter": 200,
+               "ftol": ACQ_FTOL}
+    if constrained:
+        return options | _POLYTOPE_START
+    return options | {"factr": None}
 
 
 def _untried(points: torch.Tensor, tried: torch.Tensor) -> torch.Tensor:

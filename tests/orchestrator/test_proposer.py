@@ -101,3 +101,29 @@ def test_all_categorical_space_never_repeats_a_point(campaign_dict):
     assert not tried & {tuple(r) for r in p.X.tolist()}
     with pytest.raises(ProposerError, match="untried points remain"):
         propose(space, obs, ScalarObjective.from_campaign(c), q=3, seed=0, n_initial=4)
+
+
+def test_continuous_search_runs_each_restart_as_its_own_lbfgs_problem(campaign_dict, monkeypatch):
+    """Unconstrained continuous spaces take botorch's batched L-BFGS-B (see ``acquisition_search_options``):
+    an option botorch does not know there would silently send it back to one joint problem."""
+    import botorch.generation.gen as gen
+
+    calls = []
+    real = gen.fmin_l_bfgs_b_batched
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["x0"].shape)  # restarts x (q * d)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "fmin_l_bfgs_b_batched", counting)
+    campaign_dict["parameters"] = [
+        {"name": n, "type": "continuous", "low": 0.0, "high": 1.0} for n in ("a", "b", "c")
+    ]
+    c = Campaign.model_validate(campaign_dict)
+    space = SearchSpace(tuple(c.parameters))
+    X = sobol_points(space, 3, 0, 8)
+    Y = -((X - 0.3) ** 2).sum(dim=-1, keepdim=True)
+    obs = Observations(X, Y, X[:0], X[:0])
+    p = propose(space, obs, ScalarObjective.from_campaign(c), q=1, seed=0, n_initial=4)
+    assert p.generator == "gp:qLogNEI"
+    assert calls == [torch.Size([c.optimizer.num_restarts, 3])]
