@@ -18,8 +18,8 @@ from botorch.models.transforms.input import ChainedInputTransform, InputTransfor
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from gpytorch.kernels import Kernel
-from gpytorch.mlls import ExactMarginalLogLikelihood
 
+from orchestrator.dense_mll import marginal_log_likelihood
 from orchestrator.space import DTYPE, SearchSpace
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def _fit(model, maxcor: int | None = None) -> None:
     Args:
         maxcor: L-BFGS memory (scipy's default 10 when ``None``); see ``MIXED_FIT_MAXCOR``.
     """
-    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    mll = marginal_log_likelihood(model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
         # botorch retries a failed fit itself; its warnings are noise on a user's console.
