@@ -3,7 +3,7 @@
 Sample efficiency: the real closed loop (``CampaignRunner`` + ``run_loop`` on an in-memory ledger, batch size 1,
 no Prefect) runs each problem for ``--budget`` experiments and ``--seeds`` seeds, twice per seed:
 
-- ``bo``: the campaign defaults (Sobol design of d + 1, at least 4, then GP + qLogNEI);
+- ``bo``: the campaign defaults (Sobol design of 5 points, 4 with three parameters or fewer, then GP + qLogNEI);
 - ``sobol``: the same campaign with ``initial_experiments = max_experiments``, so the proposer only draws
   its scrambled Sobol design. Both methods of one seed share the campaign seed, hence the same first points
   and the same measurement-noise draws per experiment id.

@@ -3,7 +3,7 @@
 Tools (each with its defaults; adapters in ``benchmarks/peers/peer_tools.py``):
 
 - ``ours``: the orchestrator's ``CampaignRunner`` on an in-memory ``Ledger`` (campaign defaults: Sobol design of
-  parameters + 1, at least 4, then GP + qLogNEI; failed experiments train a success model).
+  5 points, 4 with three parameters or fewer, then GP + qLogNEI; failed experiments train a success model).
 - ``ax``: Ax 1.3 ``Client`` with the default generation strategy (center point + Sobol, 5 trials in all, then
   the modular BoTorch GP); failed experiments are ``mark_trial_failed``.
 - ``baybe``: BayBE 0.15 ``Campaign`` with the default ``TwoPhaseMetaRecommender`` (1 random point, then
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--q", type=int, default=4, help="batch size of the batch setting (default 4)")
     ap.add_argument("--async-workers", type=int, default=4, help="simulated workers of the async setting")
     ap.add_argument("--ours-initial", type=int, default=None,
-                    help="design size of ours (default: the campaign default, parameters + 1, at least 4)")
+                    help="design size of ours (default: the campaign default, 5 points, 4 with three parameters or fewer)")
     ap.add_argument("--threshold", type=float, default=0.95, help="progress threshold of exp@ (default 0.95)")
     ap.add_argument("--workers", type=int, default=1, help="processes over jobs, 1 torch thread each (default 1)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: 2 seeds, budget 12, {' '.join(QUICK_PROBLEMS)}")

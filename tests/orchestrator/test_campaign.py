@@ -25,24 +25,26 @@ def test_round_trip_json(campaign_dict):
     assert Campaign.model_validate_json(c.model_dump_json()) == c
 
 
-def test_default_initial_design_is_one_more_than_the_parameters(campaign_dict):
+def test_default_initial_design_is_four_or_five_points(campaign_dict):
     campaign_dict["budget"] = {"max_experiments": 50}
-    assert Campaign.model_validate(campaign_dict).initial_experiments == 4  # 3 parameters, at least 4
+    assert Campaign.model_validate(campaign_dict).initial_experiments == 4  # 3 parameters
     campaign_dict["parameters"].append({"name": "extra", "type": "continuous", "low": 0, "high": 1})
-    campaign_dict["parameters"].append({"name": "extra2", "type": "continuous", "low": 0, "high": 1})
-    assert Campaign.model_validate(campaign_dict).initial_experiments == 6
+    assert Campaign.model_validate(campaign_dict).initial_experiments == 5
+    for k in range(4):
+        campaign_dict["parameters"].append({"name": f"more{k}", "type": "continuous", "low": 0, "high": 1})
+    assert Campaign.model_validate(campaign_dict).initial_experiments == 5  # 8 parameters
     campaign_dict["budget"] = {"max_experiments": 3}
     assert Campaign.model_validate(campaign_dict).initial_experiments == 3
 
 
 def test_default_initial_design_is_whole_batches(campaign_dict):
-    for name in ("e1", "e2", "e3"):  # 6 parameters: 7 design points at batch size 1
+    for name in ("e1", "e2", "e3"):  # 6 parameters: 5 design points at batch size 1
         campaign_dict["parameters"].append({"name": name, "type": "continuous", "low": 0, "high": 1})
     sizes = {}
     for q in (1, 2, 3, 4, 8):
         campaign_dict["budget"] = {"max_experiments": 50, "batch_size": q}
         sizes[q] = Campaign.model_validate(campaign_dict).initial_experiments
-    assert sizes == {1: 7, 2: 6, 3: 6, 4: 4, 8: 8}
+    assert sizes == {1: 5, 2: 4, 3: 3, 4: 4, 8: 8}
     campaign_dict["budget"] = {"max_experiments": 50, "batch_size": 4, "initial_experiments": 7}
     assert Campaign.model_validate(campaign_dict).initial_experiments == 7  # as written, never rounded
 
