@@ -24,6 +24,8 @@ from gpytorch.means import ConstantMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
+_LOG_2PI = math.log(2 * math.pi)
+
 
 def marginal_log_likelihood(model) -> ExactMarginalLogLikelihood:
     """The MLL to fit ``model`` with: ``DenseExactMLL`` where it computes the same value, else gpytorch's."""
@@ -47,7 +49,6 @@ class DenseExactMLL(ExactMarginalLogLikelihood):
             X = model.transform_inputs(model.train_inputs[0])
             kernel = model.covar_module
             self._X = X if kernel.active_dims is None else X.index_select(-1, kernel.active_dims)
-        self._log_2pi = math.log(2 * math.pi)
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -82,7 +83,7 @@ class DenseExactMLL(ExactMarginalLogLikelihood):
         L = psd_safe_cholesky(K)
         r = (y - model.mean_module.constant).unsqueeze(-1)
         alpha = torch.cholesky_solve(r, L)
-        log_density = -0.5 * (r * alpha).sum() - torch.log(torch.diagonal(L)).sum() - 0.5 * n * self._log_2pi
+        log_density = -0.5 * (r * alpha).sum() - torch.log(torch.diagonal(L)).sum() - 0.5 * n * _LOG_2PI
         for _name, module, prior, value_of, _setter in model.named_priors():
             log_density = log_density + prior.log_prob(value_of(module)).sum()
         return -log_density / n
